@@ -1,0 +1,16 @@
+"""Evaluate a checkpoint on the meta-test split: python eval.py ckpt_path=PATH [eval.shots=[1,5]]"""
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from metalearn.run import evaluate, run_cli
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_cli(evaluate, cfg, HydraConfig.get().overrides.task)
+
+
+if __name__ == "__main__":
+    main()

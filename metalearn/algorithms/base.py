@@ -1,0 +1,139 @@
+"""The episodic Lightning base every algorithm derives from.
+
+It owns what all algorithms share: meta-batches in, the training loss and its logging, per-episode
+scores on meta-val and meta-test with their 95% confidence interval, the optimiser, and the check
+that stops a run whose loss stops being finite. An algorithm implements two things:
+
+- `meta_train_loss(batch)`: the loss to minimise on a meta-batch, with the query predictions;
+- `adapt_and_predict(support_x, support_y, query_x)`: learn from one task's support set and
+  predict its queries (class scores, or regression outputs).
+
+So evaluation, the API and the entry points never branch on the algorithm's name.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.aggregation import CatMetric
+
+from metalearn.data.episodes import Episode
+from metalearn.evaluation import mean_and_ci95
+
+TASK_TYPES = ("classification", "regression")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class EpisodicModule(L.LightningModule):
+    """Base of every meta-learning algorithm.
+
+    Args:
+        task_type: "classification" or "regression" (the runner takes it from the dataset).
+        output_dim: classes per task (n_way) for classification, target width for regression.
+        meta_batch_size: tasks per meta-training step (the data module batches them).
+        outer_lr: learning rate of the outer (meta) optimiser.
+        optimizer: factory `params, lr -> Optimizer` (a `_partial_` config); Adam by default.
+        scheduler: optional factory `optimizer -> LRScheduler`, stepped every epoch.
+    """
+
+    #: task types the algorithm supports; checked before training starts.
+    supported_task_types: tuple[str, ...] = ("classification",)
+
+    def __init__(
+        self,
+        task_type: str = "classification",
+        output_dim: int = 5,
+        meta_batch_size: int = 1,
+        outer_lr: float = 1e-3,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+    ):
+        super().__init__()
+        if task_type not in self.supported_task_types:
+            raise ValueError(f"{type(self).__name__} does not support {task_type} tasks")
+        self.task_type = task_type
+        self.output_dim = output_dim
+        self.outer_lr = outer_lr
+        self.optimizer_factory = optimizer or torch.optim.Adam
+        self.scheduler_factory = scheduler
+        self.episode_scores = {"val": CatMetric(), "test": CatMetric()}
+        for split, metric in self.episode_scores.items():
+            self.add_module(f"{split}_episode_scores", metric)
+
+    # What an algorithm implements -------------------------------------------------------------
+    @abstractmethod
+    def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
+        """(loss averaged over the batch's tasks, query predictions [B, Q, ...])."""
+
+    @abstractmethod
+    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """Adapts to one task's support set and returns its query predictions [Q, ...]."""
+
+    # Shared ------------------------------------------------------------------------------------
+    @property
+    def score_name(self) -> str:
+        return "acc" if self.task_type == "classification" else "mse"
+
+    def task_loss(self, predictions: Tensor, targets: Tensor) -> Tensor:
+        if self.task_type == "classification":
+            return F.cross_entropy(predictions, targets)
+        return F.mse_loss(predictions, targets)
+
+    def episode_score(self, predictions: Tensor, targets: Tensor) -> Tensor:
+        """Accuracy (classification) or mean squared error (regression) per task: [B]."""
+        if self.task_type == "classification":
+            return (predictions.argmax(-1) == targets).float().flatten(1).mean(1)
+        return (predictions - targets).pow(2).flatten(1).mean(1)
+
+    def training_step(self, batch: Episode, batch_idx: int) -> Tensor:
+        loss, predictions = self.meta_train_loss(batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"meta-training loss became {loss.item()} at step {self.global_step}; training "
+                "stopped. The last checkpoint saved before this step is intact. Lower "
+                "algorithm.outer_lr (or inner_lr) or enable trainer.gradient_clip_val."
+            )
+        score = self.episode_score(predictions.detach(), batch.query_y).mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log(f"train/{self.score_name}", score, prog_bar=True)
+        return loss
+
+    def evaluate_episodes(self, batch: Episode, split: str) -> None:
+        predictions = torch.stack([
+            self.adapt_and_predict(task.support_x, task.support_y, task.query_x)
+            for task in map(batch.task, range(batch.num_tasks))
+        ])
+        self.episode_scores[split].update(self.episode_score(predictions, batch.query_y))
+
+    def report_episodes(self, split: str) -> dict[str, float]:
+        mean, ci95 = mean_and_ci95(self.episode_scores[split].compute())
+        self.episode_scores[split].reset()
+        results = {f"{split}/{self.score_name}": mean, f"{split}/{self.score_name}_ci95": ci95}
+        self.log_dict(results, prog_bar=split == "val", sync_dist=False)
+        return results
+
+    def validation_step(self, batch: Episode, batch_idx: int) -> None:
+        self.evaluate_episodes(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self.report_episodes("val")
+
+    def test_step(self, batch: Episode, batch_idx: int) -> None:
+        self.evaluate_episodes(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self.report_episodes("test")
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.parameters(), lr=self.outer_lr)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

@@ -1,0 +1,78 @@
+"""Checks of a composed config before anything is built or trained.
+
+Each problem is reported as one line naming the key, the value and what is allowed
+(a UserError, which the entry points print without a traceback).
+"""
+
+from __future__ import annotations
+
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from metalearn.data.task_family import SPLITS, ClassificationTaskFamily, TaskFamily
+from metalearn.errors import UserError
+
+# keys that must be integers >= 1 wherever they are present
+POSITIVE_INTS = (
+    "episode.n_way", "episode.k_shot", "episode.query_size", "episode.num_tasks",
+    "episode.val_episodes", "episode.test_episodes", "episode.eval_batch_size",
+    "algorithm.meta_batch_size", "algorithm.inner_steps", "algorithm.test_inner_steps",
+    "algorithm.embedding_dim", "num_epochs", "eval_frequency", "save_frequency",
+    "dataset.image_size", "backbone.hidden_channels", "backbone.num_blocks",
+)
+POSITIVE_FLOATS = ("algorithm.outer_lr", "algorithm.inner_lr")
+
+
+def component_name(node: DictConfig) -> str:
+    """A config's name by our convention: configs/<group>/<name>.yaml targets .../<name>.py."""
+    return node._target_.rsplit(".", 2)[-2]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Type and range checks that need no data."""
+    for key in POSITIVE_INTS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{key}={value!r} must be a whole number >= 1")
+    for key in POSITIVE_FLOATS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise UserError(f"{key}={value!r} must be a number > 0")
+    if cfg.get("test_ckpt") not in ("best", "last"):
+        raise UserError(f"test_ckpt={cfg.get('test_ckpt')!r} must be one of: best, last")
+
+
+def check_algorithm_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
+    algorithm = get_class(cfg.algorithm._target_)
+    if tasks.task_type not in algorithm.supported_task_types:
+        raise UserError(
+            f"algorithm={component_name(cfg.algorithm)} does not support {tasks.task_type} "
+            f"(dataset={component_name(cfg.dataset)}); it supports: "
+            f"{', '.join(algorithm.supported_task_types)}"
+        )
+
+
+def check_episode_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
+    """Task shape against what each split of the dataset holds."""
+    if not isinstance(tasks, ClassificationTaskFamily):
+        return
+    n_way, k_shot, query_size = cfg.episode.n_way, cfg.episode.k_shot, cfg.episode.query_size
+    name = component_name(cfg.dataset)
+    for split in SPLITS:
+        classes = tasks.num_classes(split)
+        if n_way > classes:
+            raise UserError(
+                f"episode.n_way={n_way} is more than the {classes} classes of {name}'s meta-{split} "
+                f"split; use at most {classes}"
+            )
+    examples = tasks.examples_per_class
+    if k_shot + query_size > examples:
+        raise UserError(
+            f"episode.k_shot + episode.query_size = {k_shot} + {query_size} = "
+            f"{k_shot + query_size} is more than the {examples} examples per class of {name}; "
+            f"use at most {examples} together"
+        )

@@ -1,0 +1,78 @@
+"""Feature extractors shared by the algorithms.
+
+Every backbone takes the data's `input_shape` (the runner passes it from the dataset) and exposes
+`out_features`, the width of the flat feature vector it returns, so heads can be sized without a
+dummy forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from metalearn.errors import UserError
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """conv3x3 -> BatchNorm -> ReLU -> 2x2 max-pool, the block of Vinyals et al. 2016."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+def max_blocks(input_shape: tuple[int, int, int]) -> int:
+    return int(math.log2(min(input_shape[1:])))
+
+
+class Conv4(nn.Module):
+    """The standard few-shot embedding: `num_blocks` conv blocks of `hidden_channels` filters.
+
+    On 28x28 Omniglot the output is 64 features (1x1 spatial), on 84x84 mini-ImageNet 1600.
+    With `flatten=False` the spatial feature maps are returned (Relation Networks need them).
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        hidden_channels: int = 64,
+        num_blocks: int = 4,
+        flatten: bool = True,
+    ):
+        super().__init__()
+        in_channels, height, width = input_shape
+        channels = [in_channels] + [hidden_channels] * num_blocks
+        self.blocks = nn.Sequential(*(conv_block(a, b) for a, b in zip(channels, channels[1:])))
+        self.flatten = flatten
+        for _ in range(num_blocks):
+            height, width = height // 2, width // 2
+        if height < 1 or width < 1:
+            raise UserError(
+                f"backbone.num_blocks={num_blocks} halves the {input_shape[1]}x{input_shape[2]} "
+                f"input below one pixel; use at most {max_blocks(input_shape)} blocks"
+            )
+        self.out_shape = (hidden_channels, height, width)
+        self.out_features = hidden_channels * height * width
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.blocks(x)
+        return features.flatten(1) if self.flatten else features
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network; the MAML paper's sinusoid learner uses hidden_sizes=[40, 40]."""
+
+    def __init__(self, input_shape: tuple[int, ...], hidden_sizes: tuple[int, ...] = (40, 40)):
+        super().__init__()
+        sizes = [math.prod(input_shape)] + list(hidden_sizes)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(sizes, sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        self.layers = nn.Sequential(*layers)
+        self.out_features = sizes[-1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)

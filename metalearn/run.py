@@ -1,0 +1,234 @@
+"""What train.py and eval.py do, as functions of a composed config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from metalearn.algorithms.base import EpisodicModule
+from metalearn.callbacks import CONFIG_KEY, StoreConfigInCheckpoint
+from metalearn.config_check import (
+    check_algorithm_fits, check_config, check_episode_fits, component_name,
+)
+from metalearn.data.datamodule import EpisodicDataModule
+from metalearn.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def project_root() -> str:
+    """The folder holding configs/ (the repository), where data/ and outputs/ go by default."""
+    return str(Path(__file__).resolve().parents[1])
+
+
+OmegaConf.register_new_resolver("project_root", project_root, replace=True)
+
+
+# Building ---------------------------------------------------------------------------------------
+def build(cfg: DictConfig) -> tuple[EpisodicDataModule, EpisodicModule]:
+    """Checks the config, then instantiates the data module and the algorithm it describes."""
+    check_config(cfg)
+    tasks = instantiate(cfg.dataset)
+    check_algorithm_fits(cfg, tasks)
+    check_episode_fits(cfg, tasks)
+    datamodule = instantiate(cfg.episode, tasks=tasks)
+    backbone = instantiate(cfg.backbone, input_shape=tasks.input_shape)
+    output_dim = cfg.episode.n_way if tasks.task_type == "classification" else tasks.output_dim
+    model = instantiate(cfg.algorithm, backbone=backbone, task_type=tasks.task_type,
+                        output_dim=output_dim)
+    return datamodule, model
+
+
+def instantiate_all(nodes: DictConfig | None) -> list[Any]:
+    """Instantiates every `_target_` node of a group such as callbacks or logger."""
+    if not nodes:
+        return []
+    return [instantiate(node) for node in nodes.values() if node and "_target_" in node]
+
+
+def results_record(cfg: DictConfig, scores: dict[str, float], split: str = "test") -> dict:
+    """The results.json schema shared by train.py and eval.py."""
+    record = {
+        "algorithm": component_name(cfg.algorithm),
+        "dataset": component_name(cfg.dataset),
+        "n_way": cfg.episode.n_way,
+        "k_shot": cfg.episode.k_shot,
+        "query_size": cfg.episode.query_size,
+        "test_episodes": cfg.episode.test_episodes,
+        "eval_seed": cfg.episode.eval_seed,
+    }
+    if "split" in cfg.dataset:
+        record["split"] = cfg.dataset.split
+    for key, value in scores.items():
+        record[key.replace(f"{split}/", "test_")] = value
+    return record
+
+
+def write_json(path: Path, record: dict) -> None:
+    partial = path.with_suffix(".part")
+    partial.write_text(json.dumps(record, indent=2) + "\n")
+    partial.replace(path)
+
+
+def describe(record: dict) -> str:
+    shape = f"{record['n_way']}-way {record['k_shot']}-shot" if "test_acc" in record else (
+        f"{record['k_shot']}-shot")
+    if "test_acc" in record:
+        score = f"accuracy {100 * record['test_acc']:.2f}% +- {100 * record['test_acc_ci95']:.2f}%"
+    else:
+        score = f"MSE {record['test_mse']:.4f} +- {record['test_mse_ci95']:.4f}"
+    return (f"{record['algorithm']} on {record['dataset']} {shape}: meta-test {score} "
+            f"(95% CI, {record['test_episodes']} episodes)")
+
+
+# Training ---------------------------------------------------------------------------------------
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
+    if ckpt_path is None:
+        return None
+    path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
+    return str(path)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Meta-trains, validates and tests; writes config.yaml and results.json into the run dir."""
+    started = time.time()
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule, model = build(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+
+    callbacks = instantiate_all(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
+                                     logger=instantiate_all(cfg.get("logger")) or False)
+    trainer.fit(model, datamodule=datamodule,
+                ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir))
+
+    test_ckpt = None
+    if cfg.test_ckpt == "best" and trainer.checkpoint_callback is not None:
+        test_ckpt = trainer.checkpoint_callback.best_model_path or None
+    if test_ckpt is None:
+        log.info("Testing the final weights")
+    trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+
+    record = results_record(cfg, model.test_results)
+    record.update(
+        seed=cfg.seed,
+        tested_checkpoint=test_ckpt,
+        train_steps=trainer.global_step,
+        wall_time_s=round(time.time() - started, 1),
+    )
+    write_json(output_dir / "results.json", record)
+    print(describe(record))
+    print(f"Results: {output_dir / 'results.json'}")
+    return record
+
+
+# Evaluation -------------------------------------------------------------------------------------
+EVAL_ONLY_KEYS = ("ckpt_path", "eval", "hydra")
+
+
+def load_checkpoint(ckpt_path: str) -> dict:
+    path = Path(ckpt_path)
+    if not path.is_file():
+        raise UserError(f"ckpt_path={ckpt_path!r}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # torch raises many types for a damaged file
+        raise UserError(f"ckpt_path={ckpt_path!r} is not a readable checkpoint ({error})") from None
+    if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint:
+        raise UserError(f"ckpt_path={ckpt_path!r} was not written by metalearn's train.py "
+                        f"(it has no {CONFIG_KEY!r} entry)")
+    return checkpoint
+
+
+def override_keys(overrides: Iterable[str]) -> list[str]:
+    """The config keys (or groups) named by command-line overrides, such as 'episode.k_shot'."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [override.key_or_group for override in parsed]
+
+
+def evaluate(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
+    """Tests a checkpoint on the meta-test split, at one or several shots.
+
+    The model and data are rebuilt from the training config stored in the checkpoint; of the
+    eval config, only the keys the user overrode (`overrides`) replace the stored ones.
+    """
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    run_cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
+    resolved_eval = OmegaConf.to_container(cfg, resolve=True)
+    for key in override_keys(overrides):
+        if key.split(".")[0] in EVAL_ONLY_KEYS:
+            continue
+        OmegaConf.update(run_cfg, key, OmegaConf.select(OmegaConf.create(resolved_eval), key),
+                         merge=False)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    shots = list(cfg.eval.shots) if cfg.eval.shots else [run_cfg.episode.k_shot]
+
+    by_shot = []
+    for k_shot in shots:
+        shot_cfg = run_cfg.copy()
+        shot_cfg.episode.k_shot = k_shot
+        datamodule, model = build(shot_cfg)
+        model.load_state_dict(checkpoint["state_dict"])
+        trainer: L.Trainer = instantiate(shot_cfg.trainer, logger=False, callbacks=[],
+                                         default_root_dir=str(output_dir),
+                                         enable_progress_bar=False)
+        trainer.test(model, datamodule=datamodule, verbose=False)
+        record = results_record(shot_cfg, model.test_results)
+        print(describe(record))
+        by_shot.append(record)
+
+    result = dict(by_shot[0], checkpoint=str(Path(cfg.ckpt_path).resolve()))
+    if len(by_shot) > 1:
+        result["by_shot"] = by_shot
+    write_json(output_dir / "results.json", result)
+    print(f"Results: {output_dir / 'results.json'}")
+    return result
+
+
+# Entry points -----------------------------------------------------------------------------------
+def find_user_error(error: BaseException | None) -> UserError | None:
+    """The UserError behind an exception, also when Hydra's instantiate wrapped it."""
+    while error is not None:
+        if isinstance(error, UserError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextmanager
+def user_errors_as_messages():
+    """Prints a user's mistake as one line on stderr and exits with status 2; bugs keep their
+    traceback."""
+    try:
+        yield
+    except (UserError, InstantiationException) as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        print(f"error: {user_error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_cli(function: Callable[..., dict], *args) -> dict:
+    with user_errors_as_messages():
+        return function(*args)

@@ -1,0 +1,40 @@
+"""Shared fixtures: Hydra configs composed in-process, and one trained ProtoNet per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from metalearn.run import project_root
+
+ROOT = Path(project_root())
+CONFIG_DIR = str(ROOT / "configs")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def make_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
+    """The config `python train.py <overrides>` would run with, writing into output_dir."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
+
+
+@pytest.fixture(scope="session")
+def trained_protonet(tmp_path_factory) -> tuple[dict, Path]:
+    """ProtoNet meta-trained for about a minute on Omniglot (lake split), then tested.
+
+    Returns the results record and the run directory. Shared by the tests that need a trained
+    metric model, so the suite trains it once.
+    """
+    from metalearn.run import train
+
+    run_dir = tmp_path_factory.mktemp("protonet_run")
+    cfg = make_config(
+        ["algorithm=protonet", "dataset.split=lake", "num_epochs=2", "episode.num_tasks=400",
+         "episode.val_episodes=100", "episode.test_episodes=600", "seed=1"],
+        run_dir,
+    )
+    return train(cfg), run_dir

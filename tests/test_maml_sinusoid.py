@@ -1,0 +1,44 @@
+"""MAML meta-learns an initialisation that adapts to a new sinusoid from 10 points."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metalearn.algorithms.maml import MAML
+from metalearn.run import build, train
+from tests.conftest import make_config
+
+
+def mean_query_mse(model: MAML, episodes, adapt: bool) -> float:
+    model.eval()
+    losses = []
+    for batch in episodes:
+        for task in map(batch.task, range(batch.num_tasks)):
+            if adapt:
+                predictions = model.adapt_and_predict(task.support_x, task.support_y, task.query_x)
+            else:
+                predictions = model.learner(task.query_x).detach()
+            losses.append(F.mse_loss(predictions, task.query_y).item())
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.slow
+def test_maml_adapts_to_new_sinusoids(tmp_path):
+    cfg = make_config(["experiment=maml_sinusoid", "num_epochs=2", "episode.num_tasks=10000",
+                       "episode.val_episodes=100", "episode.test_episodes=200", "seed=3"],
+                      tmp_path)
+    record = train(cfg)
+    datamodule, trained = build(cfg)
+    trained.load_state_dict(torch.load(record["tested_checkpoint"])["state_dict"])
+    torch.manual_seed(12345)
+    _, random_init = build(cfg)
+    episodes = list(datamodule.test_dataloader())
+
+    post = mean_query_mse(trained, episodes, adapt=True)
+    pre = mean_query_mse(trained, episodes, adapt=False)
+    random_post = mean_query_mse(random_init, episodes, adapt=True)
+    assert post == pytest.approx(record["test_mse"], rel=1e-4)
+    assert post < pre / 3, (post, pre)
+    assert post < random_post / 2, (post, random_post)
