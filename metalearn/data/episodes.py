@@ -1,0 +1,78 @@
+"""Episodes (few-shot tasks) and the vectorised sampler every classification dataset shares."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Episode(NamedTuple):
+    """A batch of tasks; dimension 0 indexes the task.
+
+    Classification: x is [B, N*K, C, H, W] (support) / [B, N*Q, C, H, W] (query), y holds labels
+    0..N-1. Regression: x and y are [B, K, in] / [B, Q, out] floats. A NamedTuple, so Lightning
+    moves it between devices as it is.
+    """
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    @property
+    def num_tasks(self) -> int:
+        return self.support_x.shape[0]
+
+    def task(self, index: int) -> "Episode":
+        """The index-th task, without the task dimension."""
+        return Episode(*(t[index] for t in self))
+
+
+def seeded_generator(*seeds: int) -> torch.Generator:
+    """A CPU generator whose state is a fixed function of the given integers.
+
+    Batch i of a stream is drawn from seeded_generator(seed, stream, i), so any batch can be
+    regenerated alone: episodes do not depend on workers, ranks or where a run was resumed.
+    """
+    state = 0
+    for value in seeds:
+        state = (state * 6364136223846793005 + int(value) + 1442695040888963407) % (1 << 63)
+    return torch.Generator().manual_seed(state)
+
+
+def sample_classification_episodes(
+    images_by_class: Tensor,
+    n_way: int,
+    k_shot: int,
+    query_size: int,
+    num_tasks: int,
+    generator: torch.Generator,
+) -> Episode:
+    """Draws `num_tasks` N-way K-shot tasks from a class-indexed image tensor, without a Python loop.
+
+    images_by_class: uint8 [classes, examples, C, H, W]. Each task takes N distinct classes and
+    K + Q distinct examples of each; a class's label is its position in a random permutation, so
+    labels 0..N-1 are permuted per task, and support and query are shuffled so that order says
+    nothing about the label. Images come back as floats in [0, 1].
+    """
+    num_classes, num_examples = images_by_class.shape[:2]
+    per_class = k_shot + query_size
+    classes = torch.rand(num_tasks, num_classes, generator=generator).argsort(dim=1)[:, :n_way]
+    examples = torch.rand(num_tasks, n_way, num_examples, generator=generator).argsort(dim=2)
+    examples = examples[:, :, :per_class]
+    images = images_by_class[classes.unsqueeze(-1), examples]  # [B, N, K+Q, C, H, W]
+    images = images.float().div_(255.0)
+    labels = torch.arange(n_way).view(1, n_way, 1).expand(num_tasks, n_way, per_class)
+
+    def split(part: slice, size: int) -> tuple[Tensor, Tensor]:
+        x = images[:, :, part].reshape(num_tasks, n_way * size, *images.shape[3:])
+        y = labels[:, :, part].reshape(num_tasks, n_way * size)
+        order = torch.rand(num_tasks, n_way * size, generator=generator).argsort(dim=1)
+        batch = torch.arange(num_tasks).unsqueeze(1)
+        return x[batch, order], y[batch, order]
+
+    support_x, support_y = split(slice(0, k_shot), k_shot)
+    query_x, query_y = split(slice(k_shot, per_class), query_size)
+    return Episode(support_x, support_y, query_x, query_y)
