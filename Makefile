@@ -28,7 +28,7 @@ test-fast: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
 bench: install
-	$(PY) experiments/benchmark_default.py $(ARGS)
+	$(PY) experiments/benchmark_sampler.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -14,7 +14,8 @@ from metalearn.errors import UserError
 
 # keys that must be integers >= 1 wherever they are present
 POSITIVE_INTS = (
-    "episode.n_way", "episode.k_shot", "episode.query_size", "episode.num_tasks",
+    "episode.n_way", "episode.k_shot", "episode.query_size", "episode.train_n_way",
+    "episode.train_query_size", "episode.num_tasks",
     "episode.val_episodes", "episode.test_episodes", "episode.eval_batch_size",
     "algorithm.meta_batch_size", "algorithm.inner_steps", "algorithm.test_inner_steps",
     "algorithm.embedding_dim", "num_epochs", "eval_frequency", "save_frequency",
@@ -54,25 +55,37 @@ def check_algorithm_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
             f"(dataset={component_name(cfg.dataset)}); it supports: "
             f"{', '.join(algorithm.supported_task_types)}"
         )
+    train_n_way = cfg.episode.get("train_n_way")
+    if train_n_way and train_n_way != cfg.episode.n_way and not algorithm.supports_other_train_way:
+        raise UserError(
+            f"episode.train_n_way={train_n_way} differs from episode.n_way={cfg.episode.n_way}, but "
+            f"{component_name(cfg.algorithm)} has one output per class; leave train_n_way null"
+        )
 
 
 def check_episode_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
     """Task shape against what each split of the dataset holds."""
     if not isinstance(tasks, ClassificationTaskFamily):
         return
-    n_way, k_shot, query_size = cfg.episode.n_way, cfg.episode.k_shot, cfg.episode.query_size
-    name = component_name(cfg.dataset)
-    for split in SPLITS:
+    episode, name = cfg.episode, component_name(cfg.dataset)
+    ways = {split: ("n_way", episode.n_way) for split in SPLITS}
+    queries = [("query_size", episode.query_size)]
+    if episode.get("train_n_way"):
+        ways["train"] = ("train_n_way", episode.train_n_way)
+    if episode.get("train_query_size"):
+        queries.append(("train_query_size", episode.train_query_size))
+    for split, (key, n_way) in ways.items():
         classes = tasks.num_classes(split)
         if n_way > classes:
             raise UserError(
-                f"episode.n_way={n_way} is more than the {classes} classes of {name}'s meta-{split} "
-                f"split; use at most {classes}"
+                f"episode.{key}={n_way} is more than the {classes} classes of {name}'s "
+                f"meta-{split} split; use at most {classes}"
             )
     examples = tasks.examples_per_class
-    if k_shot + query_size > examples:
-        raise UserError(
-            f"episode.k_shot + episode.query_size = {k_shot} + {query_size} = "
-            f"{k_shot + query_size} is more than the {examples} examples per class of {name}; "
-            f"use at most {examples} together"
-        )
+    for key, query_size in queries:
+        if episode.k_shot + query_size > examples:
+            raise UserError(
+                f"episode.k_shot + episode.{key} = {episode.k_shot} + {query_size} = "
+                f"{episode.k_shot + query_size} is more than the {examples} examples per class "
+                f"of {name}; use at most {examples} together"
+            )

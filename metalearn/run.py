@@ -37,16 +37,36 @@ OmegaConf.register_new_resolver("project_root", project_root, replace=True)
 
 
 # Building ---------------------------------------------------------------------------------------
+def find_user_error(error: BaseException | None) -> UserError | None:
+    """The UserError behind an exception (Hydra's instantiate wraps what constructors raise)."""
+    while error is not None:
+        if isinstance(error, UserError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def instantiate_checked(node: DictConfig, **kwargs) -> Any:
+    """hydra.utils.instantiate, letting a UserError raised by a constructor through as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        raise user_error from None
+
+
 def build(cfg: DictConfig) -> tuple[EpisodicDataModule, EpisodicModule]:
     """Checks the config, then instantiates the data module and the algorithm it describes."""
     check_config(cfg)
-    tasks = instantiate(cfg.dataset)
+    tasks = instantiate_checked(cfg.dataset)
     check_algorithm_fits(cfg, tasks)
     check_episode_fits(cfg, tasks)
     datamodule = instantiate(cfg.episode, tasks=tasks)
-    backbone = instantiate(cfg.backbone, input_shape=tasks.input_shape)
+    backbone = instantiate_checked(cfg.backbone, input_shape=tasks.input_shape)
     output_dim = cfg.episode.n_way if tasks.task_type == "classification" else tasks.output_dim
-    model = instantiate(cfg.algorithm, backbone=backbone, task_type=tasks.task_type,
+    model = instantiate_checked(cfg.algorithm, backbone=backbone, task_type=tasks.task_type,
                         output_dim=output_dim)
     return datamodule, model
 
@@ -206,26 +226,14 @@ def evaluate(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
 
 
 # Entry points -----------------------------------------------------------------------------------
-def find_user_error(error: BaseException | None) -> UserError | None:
-    """The UserError behind an exception, also when Hydra's instantiate wrapped it."""
-    while error is not None:
-        if isinstance(error, UserError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
 @contextmanager
 def user_errors_as_messages():
     """Prints a user's mistake as one line on stderr and exits with status 2; bugs keep their
     traceback."""
     try:
         yield
-    except (UserError, InstantiationException) as error:
-        user_error = find_user_error(error)
-        if user_error is None:
-            raise
-        print(f"error: {user_error}", file=sys.stderr)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
 

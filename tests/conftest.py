@@ -33,8 +33,9 @@ def trained_protonet(tmp_path_factory) -> tuple[dict, Path]:
 
     run_dir = tmp_path_factory.mktemp("protonet_run")
     cfg = make_config(
-        ["algorithm=protonet", "dataset.split=lake", "num_epochs=2", "episode.num_tasks=400",
-         "episode.val_episodes=100", "episode.test_episodes=600", "seed=1"],
+        ["algorithm=protonet", "dataset.split=lake", "dataset.rotations=false", "num_epochs=1",
+         "episode.num_tasks=500", "episode.val_episodes=100", "episode.test_episodes=600",
+         "seed=1"],
         run_dir,
     )
     return train(cfg), run_dir

@@ -37,7 +37,8 @@ def test_non_positive_learning_rate(tmp_path):
 
 def test_n_way_above_the_classes_of_a_split(tmp_path):
     # lake: meta-val holds the 186 characters of the 5 held-out background alphabets
-    message = build_error(tmp_path, "episode.n_way=200")
+    message = build_error(tmp_path, "dataset.split=lake", "dataset.rotations=false",
+                          "episode.n_way=200")
     assert message.startswith("episode.n_way=200 is more than the 186 classes of omniglot's meta-val")
     assert "use at most 186" in message
 
@@ -102,3 +103,14 @@ def test_unknown_key_is_named():
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "n_wya" in result.stderr
+
+
+def test_other_training_way_needs_a_metric_method(tmp_path):
+    message = build_error(tmp_path, "algorithm=maml", "episode.train_n_way=20")
+    assert message.startswith("episode.train_n_way=20 differs from episode.n_way=5, but maml has "
+                              "one output per class")
+
+
+def test_training_query_size_is_checked_too(tmp_path):
+    message = build_error(tmp_path, "episode.train_query_size=19", "episode.k_shot=2")
+    assert message.startswith("episode.k_shot + episode.train_query_size = 2 + 19 = 21 is more")

@@ -11,7 +11,7 @@ def test_ci95_on_known_numbers():
     assert mean == 0.5
     # sample std = sqrt(1/3); 1.96 * sqrt(1/3) / sqrt(4)
     assert ci == pytest.approx(1.96 * math.sqrt(1 / 3) / 2, rel=1e-12)
-    mean, ci = mean_and_ci95(torch.tensor([0.9, 0.7, 0.8, 1.0, 0.6]))
+    mean, ci = mean_and_ci95(torch.tensor([0.9, 0.7, 0.8, 1.0, 0.6], dtype=torch.float64))
     assert mean == pytest.approx(0.8)
     assert ci == pytest.approx(1.96 * 0.158113883 / math.sqrt(5), rel=1e-8)
 

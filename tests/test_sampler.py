@@ -140,3 +140,11 @@ def test_test_episodes_are_fixed_by_eval_seed_alone():
     assert torch.equal(reference, all_episodes(datamodule(seed=2, eval_batch_size=1)))
     assert not torch.equal(reference, all_episodes(datamodule(eval_seed=5)))
     assert not torch.equal(reference, torch.cat([b.query_x for b in datamodule().val_dataloader()]))
+
+
+def test_training_tasks_may_have_their_own_way_and_query_size():
+    dm = datamodule(train_n_way=8, train_query_size=3)
+    train = first_batch(dm.train_dataloader())
+    test = first_batch(dm.test_dataloader())
+    assert train.support_y.shape == (3, 8) and train.query_y.shape == (3, 24)
+    assert test.support_y.shape == (8, 5) and test.query_y.shape == (8, 10)

@@ -23,13 +23,15 @@ from torch import Tensor
 from torchmetrics.aggregation import CatMetric
 
 from metalearn.data.episodes import Episode
+from metalearn.errors import UserError
 from metalearn.evaluation import mean_and_ci95
 
 TASK_TYPES = ("classification", "regression")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+class NonFiniteLossError(UserError):
+    """The meta-training loss became NaN or infinite; reported as one line, like a config mistake,
+    since the fix is a setting (learning rate, clipping)."""
 
 
 class EpisodicModule(L.LightningModule):
@@ -46,6 +48,9 @@ class EpisodicModule(L.LightningModule):
 
     #: task types the algorithm supports; checked before training starts.
     supported_task_types: tuple[str, ...] = ("classification",)
+    #: whether meta-training tasks may have another number of classes than test tasks
+    #: (False where an output layer has one unit per class).
+    supports_other_train_way: bool = False
 
     def __init__(
         self,

@@ -21,6 +21,8 @@ from metalearn.data.episodes import Episode
 class MetricModule(EpisodicModule):
     """Base of Prototypical, Matching, Relation and Siamese networks."""
 
+    supports_other_train_way = True
+
     def __init__(self, backbone: nn.Module, **base_args):
         super().__init__(**base_args)
         self.backbone = backbone

@@ -62,6 +62,9 @@ class EpisodicDataModule(LightningDataModule):
         tasks: the task family (a dataset config instantiated).
         n_way, k_shot, query_size: task shape; query_size counts query examples per class
             (per task for regression).
+        train_n_way, train_query_size: the shape of meta-training tasks where it differs (None:
+            the same as above). Prototypical Networks train best with more ways than they are
+            tested on (Snell et al. 2017, section 3.1).
         meta_batch_size: tasks per meta-training step.
         num_tasks: meta-training tasks per epoch (fresh ones each epoch).
         val_episodes, test_episodes: episodes per validation / test run.
@@ -73,12 +76,15 @@ class EpisodicDataModule(LightningDataModule):
     """
 
     def __init__(self, tasks: TaskFamily, n_way: int = 5, k_shot: int = 1, query_size: int = 15,
+                 train_n_way: int | None = None, train_query_size: int | None = None,
                  meta_batch_size: int = 1, num_tasks: int = 1000, val_episodes: int = 100,
                  test_episodes: int = 600, eval_seed: int = 0, seed: int = 0,
                  eval_batch_size: int = 8, num_workers: int = 0):
         super().__init__()
         self.tasks = tasks
         self.n_way, self.k_shot, self.query_size = n_way, k_shot, query_size
+        self.train_n_way = train_n_way or n_way
+        self.train_query_size = train_query_size or query_size
         self.meta_batch_size, self.num_tasks = meta_batch_size, num_tasks
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
         self.eval_seed, self.seed = eval_seed, seed
@@ -88,18 +94,17 @@ class EpisodicDataModule(LightningDataModule):
     def steps_per_epoch(self) -> int:
         return max(1, self.num_tasks // self.meta_batch_size)
 
-    def stream(self, split: str, tasks_per_item: int, seed: int, length: int) -> EpisodeStream:
-        return EpisodeStream(self.tasks, split, self.n_way, self.k_shot, self.query_size,
-                             tasks_per_item, seed, length)
-
     def train_dataloader(self) -> DataLoader:
-        stream = self.stream("train", self.meta_batch_size, self.seed, self.steps_per_epoch)
+        stream = EpisodeStream(self.tasks, "train", self.train_n_way, self.k_shot,
+                               self.train_query_size, self.meta_batch_size, self.seed,
+                               self.steps_per_epoch)
         return DataLoader(stream, batch_size=None, sampler=EpochSampler(self.steps_per_epoch),
                           num_workers=self.num_workers)
 
     def eval_dataloader(self, split: str, episodes: int) -> DataLoader:
         # One task per item, so the episodes do not depend on eval_batch_size.
-        stream = self.stream(split, 1, self.eval_seed, episodes)
+        stream = EpisodeStream(self.tasks, split, self.n_way, self.k_shot, self.query_size, 1,
+                               self.eval_seed, episodes)
         return DataLoader(stream, batch_size=self.eval_batch_size, collate_fn=concat_episodes,
                           num_workers=self.num_workers)
 
