@@ -26,7 +26,7 @@ def mean_query_mse(model: MAML, episodes, adapt: bool) -> float:
 
 @pytest.mark.slow
 def test_maml_adapts_to_new_sinusoids(tmp_path):
-    cfg = make_config(["experiment=maml_sinusoid", "num_epochs=2", "episode.num_tasks=10000",
+    cfg = make_config(["experiment=maml_sinusoid", "num_epochs=3", "episode.num_tasks=10000",
                        "episode.val_episodes=100", "episode.test_episodes=200", "seed=3"],
                       tmp_path)
     record = train(cfg)
@@ -41,4 +41,4 @@ def test_maml_adapts_to_new_sinusoids(tmp_path):
     random_post = mean_query_mse(random_init, episodes, adapt=True)
     assert post == pytest.approx(record["test_mse"], rel=1e-4)
     assert post < pre / 3, (post, pre)
-    assert post < random_post / 2, (post, random_post)
+    assert post < random_post / 3, (post, random_post)

@@ -147,4 +147,4 @@ def test_training_tasks_may_have_their_own_way_and_query_size():
     train = first_batch(dm.train_dataloader())
     test = first_batch(dm.test_dataloader())
     assert train.support_y.shape == (3, 8) and train.query_y.shape == (3, 24)
-    assert test.support_y.shape == (8, 5) and test.query_y.shape == (8, 10)
+    assert test.support_y.shape == (6, 5) and test.query_y.shape == (6, 10)  # 6 test episodes
