@@ -7,12 +7,12 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -20,7 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from metalearn.algorithms.base import EpisodicModule
 from metalearn.callbacks import CONFIG_KEY, StoreConfigInCheckpoint
 from metalearn.config_check import (
-    check_algorithm_fits, check_config, check_episode_fits, component_name,
+    check_algorithm_fits,
+    check_config,
+    check_episode_fits,
+    component_name,
 )
 from metalearn.data.datamodule import EpisodicDataModule
 from metalearn.errors import UserError
@@ -67,7 +70,7 @@ def build(cfg: DictConfig) -> tuple[EpisodicDataModule, EpisodicModule]:
     backbone = instantiate_checked(cfg.backbone, input_shape=tasks.input_shape)
     output_dim = cfg.episode.n_way if tasks.task_type == "classification" else tasks.output_dim
     model = instantiate_checked(cfg.algorithm, backbone=backbone, task_type=tasks.task_type,
-                        output_dim=output_dim)
+                                output_dim=output_dim)
     return datamodule, model
 
 
@@ -78,7 +81,7 @@ def instantiate_all(nodes: DictConfig | None) -> list[Any]:
     return [instantiate(node) for node in nodes.values() if node and "_target_" in node]
 
 
-def results_record(cfg: DictConfig, scores: dict[str, float], split: str = "test") -> dict:
+def results_record(cfg: DictConfig, scores: dict[str, float]) -> dict:
     """The results.json schema shared by train.py and eval.py."""
     record = {
         "algorithm": component_name(cfg.algorithm),
@@ -92,7 +95,7 @@ def results_record(cfg: DictConfig, scores: dict[str, float], split: str = "test
     if "split" in cfg.dataset:
         record["split"] = cfg.dataset.split
     for key, value in scores.items():
-        record[key.replace(f"{split}/", "test_")] = value
+        record[key.replace("test/", "test_")] = value  # test/acc -> test_acc
     return record
 
 
@@ -103,11 +106,11 @@ def write_json(path: Path, record: dict) -> None:
 
 
 def describe(record: dict) -> str:
-    shape = f"{record['n_way']}-way {record['k_shot']}-shot" if "test_acc" in record else (
-        f"{record['k_shot']}-shot")
     if "test_acc" in record:
+        shape = f"{record['n_way']}-way {record['k_shot']}-shot"
         score = f"accuracy {100 * record['test_acc']:.2f}% +- {100 * record['test_acc_ci95']:.2f}%"
     else:
+        shape = f"{record['k_shot']}-shot"
         score = f"MSE {record['test_mse']:.4f} +- {record['test_mse_ci95']:.4f}"
     return (f"{record['algorithm']} on {record['dataset']} {shape}: meta-test {score} "
             f"(95% CI, {record['test_episodes']} episodes)")
@@ -179,8 +182,6 @@ def load_checkpoint(ckpt_path: str) -> dict:
 
 def override_keys(overrides: Iterable[str]) -> list[str]:
     """The config keys (or groups) named by command-line overrides, such as 'episode.k_shot'."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     parsed = OverridesParser.create().parse_overrides(list(overrides))
     return [override.key_or_group for override in parsed]
 
@@ -193,12 +194,10 @@ def evaluate(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
     """
     checkpoint = load_checkpoint(cfg.ckpt_path)
     run_cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
-    resolved_eval = OmegaConf.to_container(cfg, resolve=True)
+    resolved_eval = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     for key in override_keys(overrides):
-        if key.split(".")[0] in EVAL_ONLY_KEYS:
-            continue
-        OmegaConf.update(run_cfg, key, OmegaConf.select(OmegaConf.create(resolved_eval), key),
-                         merge=False)
+        if key.split(".")[0] not in EVAL_ONLY_KEYS:
+            OmegaConf.update(run_cfg, key, OmegaConf.select(resolved_eval, key), merge=False)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     shots = list(cfg.eval.shots) if cfg.eval.shots else [run_cfg.episode.k_shot]
@@ -226,17 +225,11 @@ def evaluate(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
 
 
 # Entry points -----------------------------------------------------------------------------------
-@contextmanager
-def user_errors_as_messages():
-    """Prints a user's mistake as one line on stderr and exits with status 2; bugs keep their
-    traceback."""
+def run_cli(function: Callable[..., dict], *args) -> dict:
+    """Runs an entry point's function. A user's mistake becomes one line on stderr and exit status
+    2; anything else is a bug and keeps its traceback."""
     try:
-        yield
+        return function(*args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-
-
-def run_cli(function: Callable[..., dict], *args) -> dict:
-    with user_errors_as_messages():
-        return function(*args)

@@ -25,7 +25,7 @@ class Episode(NamedTuple):
     def num_tasks(self) -> int:
         return self.support_x.shape[0]
 
-    def task(self, index: int) -> "Episode":
+    def task(self, index: int) -> Episode:
         """The index-th task, without the task dimension."""
         return Episode(*(t[index] for t in self))
 

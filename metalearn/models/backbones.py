@@ -8,6 +8,7 @@ dummy forward pass.
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 from torch import Tensor, nn
 
@@ -45,7 +46,7 @@ class Conv4(nn.Module):
         super().__init__()
         in_channels, height, width = input_shape
         channels = [in_channels] + [hidden_channels] * num_blocks
-        self.blocks = nn.Sequential(*(conv_block(a, b) for a, b in zip(channels, channels[1:])))
+        self.blocks = nn.Sequential(*(conv_block(a, b) for a, b in pairwise(channels)))
         self.flatten = flatten
         for _ in range(num_blocks):
             height, width = height // 2, width // 2
@@ -69,7 +70,7 @@ class MLP(nn.Module):
         super().__init__()
         sizes = [math.prod(input_shape)] + list(hidden_sizes)
         layers: list[nn.Module] = [nn.Flatten()]
-        for a, b in zip(sizes, sizes[1:]):
+        for a, b in pairwise(sizes):
             layers += [nn.Linear(a, b), nn.ReLU()]
         self.layers = nn.Sequential(*layers)
         self.out_features = sizes[-1]
