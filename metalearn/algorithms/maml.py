@@ -7,7 +7,8 @@ query loss, differentiating through the inner steps (second order) unless `first
 Evaluation adapts with `test_inner_steps` steps (the paper used 10 at test time, against 1 to 5
 in training).
 
-The learner is the backbone followed by a linear head of `output_dim` units. BatchNorm: with
+The learner is the backbone followed by a linear head of `output_dim` units; subclasses change
+what is adapted (`split_model`: ANIL adapts the head only) and how (`wrap`: Meta-SGD). BatchNorm: with
 `transductive_bn=True` (the default, and the convention of the original MAML code) adaptation and
 prediction at test time use the statistics of the task's own batch, as during meta-training;
 with False they use the running averages collected during meta-training.
@@ -64,32 +65,46 @@ class MAML(EpisodicModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
         self.transductive_bn = transductive_bn
-        model = nn.Sequential(backbone, nn.Linear(backbone.out_features, self.output_dim))
-        self.learner = l2l.algorithms.MAML(
-            model, lr=inner_lr, first_order=first_order,
-            allow_unused=allow_unused, allow_nograd=allow_nograd,
+        head = nn.Linear(backbone.out_features, self.output_dim)
+        self.body, adapted_part = self.split_model(backbone, head)
+        self.learner = self.wrap(adapted_part)
+
+    def split_model(self, backbone: nn.Module, head: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """(body, learner): the body is shared by all tasks and changes only in the outer loop;
+        the learner is adapted in the inner loop. MAML adapts the whole network."""
+        return nn.Identity(), nn.Sequential(backbone, head)
+
+    def wrap(self, model: nn.Module) -> l2l.algorithms.BaseLearner:
+        """The learn2learn wrapper that clones and adapts the learner."""
+        hparams = self.hparams
+        return l2l.algorithms.MAML(
+            model, lr=hparams.inner_lr, first_order=hparams.first_order,
+            allow_unused=hparams.allow_unused, allow_nograd=hparams.allow_nograd,
         )
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int,
-              first_order: bool | None = None) -> l2l.algorithms.MAML:
-        return inner_loop(self.learner, support_x, support_y, steps, self.task_loss, first_order)
+    def task_predictions(self, task: Episode, steps: int, first_order: bool | None = None) -> Tensor:
+        """Adapts to the task's support set in `steps` steps and predicts its queries."""
+        n_support = task.support_x.shape[0]
+        features = self.body(torch.cat([task.support_x, task.query_x]))
+        adapted = inner_loop(self.learner, features[:n_support], task.support_y, steps,
+                             self.task_loss, first_order)
+        return adapted(features[n_support:])
 
     def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
-        total, predictions = 0.0, []
-        for task in map(batch.task, range(batch.num_tasks)):
-            adapted = self.adapt(task.support_x, task.support_y, self.inner_steps)
-            query_predictions = adapted(task.query_x)
-            total = total + self.task_loss(query_predictions, task.query_y)
-            predictions.append(query_predictions)
-        return total / batch.num_tasks, torch.stack(predictions)
+        predictions = [self.task_predictions(batch.task(t), self.inner_steps)
+                       for t in range(batch.num_tasks)]
+        losses = [self.task_loss(p, y) for p, y in zip(predictions, batch.query_y)]
+        return torch.stack(losses).mean(), torch.stack(predictions)
 
     def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        task = Episode(support_x, support_y, query_x, None)
+        modes = [module.training for module in (self.body, self.learner)]
         # Lightning evaluates without gradients; adaptation needs them.
         with torch.enable_grad():
-            learner_mode = self.learner.training
+            self.body.train(self.transductive_bn)
             self.learner.train(self.transductive_bn)
             # first_order: the same adapted weights, without keeping a graph nobody will use
-            adapted = self.adapt(support_x, support_y, self.test_inner_steps, first_order=True)
-            predictions = adapted(query_x).detach()
-            self.learner.train(learner_mode)
-        return predictions
+            predictions = self.task_predictions(task, self.test_inner_steps, first_order=True)
+        self.body.train(modes[0])
+        self.learner.train(modes[1])
+        return predictions.detach()
