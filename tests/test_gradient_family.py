@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
@@ -94,3 +95,52 @@ def test_anil_adapts_the_head_only_and_meta_learns_the_body():
     loss = F.cross_entropy(adapted(model.body(support_x)), support_y)
     body_grads = torch.autograd.grad(loss, list(model.body.parameters()))
     assert all(g.abs().sum() > 0 for g in body_grads)
+
+
+def conv_maml(transductive_bn: bool):
+    from metalearn.algorithms.maml import MAML
+    from metalearn.models.backbones import Conv4
+
+    torch.manual_seed(0)
+    return MAML(Conv4((1, 8, 8), hidden_channels=4, num_blocks=2), inner_lr=0.1,
+                test_inner_steps=2, transductive_bn=transductive_bn, output_dim=3).eval()
+
+
+def test_transductive_bn_switch_decides_which_statistics_adaptation_uses():
+    task = make_batch("classification").task(0)
+    task = type(task)(*(t.float() if t.is_floating_point() else t for t in task))
+
+    def predictions_with_corrupted_running_stats(model):
+        with torch.no_grad():
+            clean = model.adapt_and_predict(task.support_x, task.support_y, task.query_x)
+            for module in model.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    module.running_mean.fill_(5.0)
+                    module.running_var.fill_(50.0)
+            corrupted = model.adapt_and_predict(task.support_x, task.support_y, task.query_x)
+        return clean, corrupted
+
+    clean, corrupted = predictions_with_corrupted_running_stats(conv_maml(True))
+    assert torch.allclose(clean, corrupted)  # batch statistics: running averages are unused
+    clean, corrupted = predictions_with_corrupted_running_stats(conv_maml(False))
+    assert not torch.allclose(clean, corrupted, atol=1e-3)
+
+
+def test_gradient_clipping_bounds_the_outer_update(tmp_path):
+    import lightning as L
+
+    from metalearn.run import build
+    from tests.conftest import make_config
+
+    cfg = make_config(["experiment=maml_sinusoid", "algorithm.meta_batch_size=2",
+                       "algorithm.optimizer._target_=torch.optim.SGD", "algorithm.outer_lr=1.0"],
+                      tmp_path)
+    datamodule, model = build(cfg)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    trainer = L.Trainer(max_steps=1, gradient_clip_val=0.001, logger=False,
+                        enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu")
+    trainer.fit(model, datamodule=datamodule)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    # SGD with lr 1 moves the weights by exactly the clipped gradient, whose norm is 0.001
+    assert (after - before).norm().item() == pytest.approx(0.001, rel=1e-3)

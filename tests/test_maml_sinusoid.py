@@ -1,4 +1,4 @@
-"""MAML meta-learns an initialisation that adapts to a new sinusoid from 10 points."""
+"""The MAML family meta-learns an initialisation that adapts to a new sinusoid from 10 points."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ def mean_query_mse(model: MAML, episodes, adapt: bool) -> float:
 
 
 @pytest.mark.slow
-def test_maml_adapts_to_new_sinusoids(tmp_path):
-    cfg = make_config(["experiment=maml_sinusoid", "num_epochs=3", "episode.num_tasks=10000",
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd"])
+def test_maml_family_adapts_to_new_sinusoids(tmp_path, algorithm):
+    cfg = make_config(["experiment=maml_sinusoid", f"algorithm={algorithm}",
+                       "num_epochs=3", "episode.num_tasks=10000",
                        "episode.val_episodes=100", "episode.test_episodes=200", "seed=3"],
                       tmp_path)
     record = train(cfg)
