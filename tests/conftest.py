@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from metalearn.run import project_root
+from tests import budgets
 
 ROOT = Path(project_root())
 CONFIG_DIR = str(ROOT / "configs")
@@ -32,10 +33,4 @@ def trained_protonet(tmp_path_factory) -> tuple[dict, Path]:
     from metalearn.run import train
 
     run_dir = tmp_path_factory.mktemp("protonet_run")
-    cfg = make_config(
-        ["algorithm=protonet", "dataset.split=lake", "dataset.rotations=false", "num_epochs=1",
-         "episode.num_tasks=500", "episode.val_episodes=100", "episode.test_episodes=600",
-         "seed=1"],
-        run_dir,
-    )
-    return train(cfg), run_dir
+    return train(make_config(budgets.PROTONET, run_dir)), run_dir

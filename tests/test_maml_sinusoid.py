@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from metalearn.algorithms.maml import MAML
 from metalearn.run import build, train
+from tests import budgets
 from tests.conftest import make_config
 
 
@@ -25,12 +26,9 @@ def mean_query_mse(model: MAML, episodes, adapt: bool) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "metasgd"])
+@pytest.mark.parametrize("algorithm", sorted(budgets.SINUSOID))
 def test_maml_family_adapts_to_new_sinusoids(tmp_path, algorithm):
-    cfg = make_config(["experiment=maml_sinusoid", f"algorithm={algorithm}",
-                       "num_epochs=3", "episode.num_tasks=10000",
-                       "episode.val_episodes=100", "episode.test_episodes=200", "seed=3"],
-                      tmp_path)
+    cfg = make_config(budgets.SINUSOID[algorithm], tmp_path)
     record = train(cfg)
     datamodule, trained = build(cfg)
     trained.load_state_dict(torch.load(record["tested_checkpoint"])["state_dict"])

@@ -13,6 +13,7 @@ from metalearn.algorithms.meta_lstm import MetaLearnerState, MetaLSTM, preproces
 from metalearn.data.episodes import Episode
 from metalearn.models.backbones import Conv4
 from metalearn.run import train
+from tests import budgets
 from tests.conftest import make_config
 
 
@@ -177,10 +178,6 @@ def test_meta_lstm_learns_omniglot_one_shot(tmp_path):
     # Untrained (one outer step), this setup scores about 47%: batch-statistics BatchNorm and five
     # small SGD-like steps already beat chance (20%). So the bar is 60%, not 50%; about 240
     # one-task updates reach ~78% in under a minute of training.
-    cfg = make_config(["algorithm=meta_lstm", "episode.n_way=5", "episode.k_shot=1",
-                       "backbone.hidden_channels=16", "algorithm.inner_steps=5",
-                       "algorithm.test_inner_steps=5", "algorithm.outer_lr=0.005",
-                       "num_epochs=1", "episode.num_tasks=240", "episode.val_episodes=8",
-                       "episode.test_episodes=100"], tmp_path)
+    cfg = make_config(budgets.OMNIGLOT["meta_lstm"], tmp_path)
     record = train(cfg)
     assert record["test_acc"] >= 0.6, record

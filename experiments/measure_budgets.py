@@ -1,0 +1,61 @@
+"""Runs the learning tests' CPU budgets (tests/budgets.py) one after another and reports, for
+each, the meta-test score with its 95% interval, the outer steps and the wall time.
+
+Run it alone on an idle machine: the wall times are what the tests cost.
+    python experiments/measure_budgets.py [--only protonet,fomaml] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from metalearn.run import project_root, train
+from tests import budgets
+
+
+def all_budgets() -> dict[str, list[str]]:
+    runs = {"protonet (lake)": budgets.PROTONET}
+    runs |= {f"{name} (omniglot)": overrides for name, overrides in budgets.OMNIGLOT.items()}
+    runs |= {f"{name} (sinusoid)": overrides for name, overrides in budgets.SINUSOID.items()}
+    return runs
+
+
+def score(record: dict) -> str:
+    if "test_acc" in record:
+        return f"{100 * record['test_acc']:.2f}% +- {100 * record['test_acc_ci95']:.2f}%"
+    return f"MSE {record['test_mse']:.3f} +- {record['test_mse_ci95']:.3f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="comma-separated name prefixes to run")
+    parser.add_argument("--out", default=f"{project_root()}/outputs/budgets.md")
+    args = parser.parse_args()
+    runs = all_budgets()
+    if args.only:
+        prefixes = args.only.split(",")
+        runs = {k: v for k, v in runs.items() if any(k.startswith(p) for p in prefixes)}
+    lines = ["| run | 5-way 1-shot test score (95% CI) | test episodes | outer steps | wall time |",
+             "|---|---|---|---|---|"]
+    for name, overrides in runs.items():
+        with tempfile.TemporaryDirectory() as run_dir:
+            with initialize_config_dir(config_dir=f"{project_root()}/configs", version_base="1.3"):
+                cfg = compose("train", overrides=[*overrides, f"paths.output_dir={run_dir}"])
+            started = time.time()
+            record = train(cfg)
+            elapsed = time.time() - started
+        lines.append(f"| {name} | {score(record)} | {record['test_episodes']} | "
+                     f"{record['train_steps']} | {elapsed:.0f} s |")
+        print(lines[-1], flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""The short CPU training budgets of the learning tests, in one place.
+
+Each entry is the list of Hydra overrides a test trains with; experiments/measure_budgets.py runs
+the same lists alone on an idle machine and reports accuracy and wall time for each.
+"""
+
+# ProtoNet, about a minute: 500 tasks of 20-way training on the lake split (the session fixture).
+PROTONET = ["algorithm=protonet", "dataset.split=lake", "dataset.rotations=false", "num_epochs=1",
+            "episode.num_tasks=500", "episode.val_episodes=100", "episode.test_episodes=600",
+            "seed=1"]
+
+# Omniglot 5-way 1-shot, by algorithm. The MAML family: outer steps of 4 tasks on a 32-channel
+# Conv4; training tasks carry 5 queries per class (test tasks keep 15). Second-order Meta-SGD
+# costs more per step and learns faster, so it gets 500 steps; the others 1,000.
+_GRADIENT_COMMON = ["backbone.hidden_channels=32", "algorithm.meta_batch_size=4",
+                    "algorithm.outer_lr=0.003", "episode.train_query_size=5", "num_epochs=1",
+                    "episode.val_episodes=50", "episode.test_episodes=200", "seed=5"]
+OMNIGLOT = {
+    name: [f"algorithm={name}", f"episode.num_tasks={tasks}", *_GRADIENT_COMMON]
+    for name, tasks in (("fomaml", 4000), ("metasgd", 2000), ("anil", 4000))
+}
+
+# The LSTM meta-learner: 240 tasks, 16-channel Conv4, 5 inner steps.
+OMNIGLOT["meta_lstm"] = [
+    "algorithm=meta_lstm", "backbone.hidden_channels=16", "algorithm.inner_steps=5",
+    "algorithm.test_inner_steps=5", "algorithm.outer_lr=0.005", "num_epochs=1",
+    "episode.num_tasks=240", "episode.val_episodes=8", "episode.test_episodes=100",
+]
+
+# The sinusoid: 1,200 outer steps of the MAML paper's setup.
+SINUSOID = {
+    name: ["experiment=maml_sinusoid", f"algorithm={name}", "num_epochs=3",
+           "episode.num_tasks=10000", "episode.val_episodes=100", "episode.test_episodes=200",
+           "seed=3"]
+    for name in ("maml", "fomaml", "metasgd")
+}
