@@ -27,6 +27,14 @@ OMNIGLOT["meta_lstm"] = [
     "episode.num_tasks=240", "episode.val_episodes=8", "episode.test_episodes=100",
 ]
 
+# Reptile: the algorithm's defaults with a 16-channel Conv4 and training tasks of 1 + 4 examples
+# per class, 1,000 tasks (200 outer steps of 5).
+OMNIGLOT["reptile"] = [
+    "algorithm=reptile", "backbone.hidden_channels=16", "episode.train_query_size=4",
+    "num_epochs=1", "episode.num_tasks=1000", "episode.val_episodes=20",
+    "episode.test_episodes=200", "seed=1",
+]
+
 # The sinusoid: 1,200 outer steps of the MAML paper's setup.
 SINUSOID = {
     name: ["experiment=maml_sinusoid", f"algorithm={name}", "num_epochs=3",
@@ -34,3 +42,5 @@ SINUSOID = {
            "seed=3"]
     for name in ("maml", "fomaml", "metasgd")
 }
+SINUSOID["reptile"] = ["experiment=reptile_sinusoid", "num_epochs=2", "episode.num_tasks=5000",
+                       "episode.val_episodes=50", "episode.test_episodes=200", "seed=3"]

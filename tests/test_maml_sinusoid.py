@@ -26,7 +26,7 @@ def mean_query_mse(model: MAML, episodes, adapt: bool) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", sorted(budgets.SINUSOID))
+@pytest.mark.parametrize("algorithm", ["fomaml", "maml", "metasgd"])
 def test_maml_family_adapts_to_new_sinusoids(tmp_path, algorithm):
     cfg = make_config(budgets.SINUSOID[algorithm], tmp_path)
     record = train(cfg)
