@@ -22,7 +22,7 @@ train: install
 	$(PY) train.py $(ARGS)
 
 test: install
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest --durations=20 $(ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
