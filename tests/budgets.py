@@ -42,5 +42,7 @@ SINUSOID = {
            "seed=3"]
     for name in ("maml", "fomaml", "metasgd")
 }
+# Meta-SGD's learned rates are for its one training step (the experiment tests with 10).
+SINUSOID["metasgd"].append("algorithm.test_inner_steps=1")
 SINUSOID["reptile"] = ["experiment=reptile_sinusoid", "num_epochs=2", "episode.num_tasks=5000",
                        "episode.val_episodes=50", "episode.test_episodes=200", "seed=3"]

@@ -69,7 +69,9 @@ class EpisodicModule(L.LightningModule):
         self.outer_lr = outer_lr
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.scheduler_factory = scheduler
-        self.episode_scores = {"val": CatMetric(), "test": CatMetric()}
+        # nan_strategy="disable": a diverged episode makes the mean NaN instead of vanishing
+        self.episode_scores = {"val": CatMetric(nan_strategy="disable"),
+                               "test": CatMetric(nan_strategy="disable")}
         for split, metric in self.episode_scores.items():
             self.add_module(f"{split}_episode_scores", metric)
 
