@@ -1,4 +1,5 @@
-"""The MAML family meta-learns an initialisation that adapts to a new sinusoid from 10 points."""
+"""Gradient-based meta-learners learn an initialisation that adapts to a new sinusoid from 10
+points: far better than before adapting, and than a random initialisation adapted the same way."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metalearn.algorithms.maml import MAML
+from metalearn.algorithms.base import EpisodicModule
 from metalearn.run import build, train
 from tests import budgets
 from tests.conftest import make_config
 
 
-def mean_query_mse(model: MAML, episodes, adapt: bool) -> float:
+def mean_query_mse(model: EpisodicModule, episodes, adapt: bool) -> float:
     model.eval()
     losses = []
     for batch in episodes:
@@ -26,8 +27,8 @@ def mean_query_mse(model: MAML, episodes, adapt: bool) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm", ["fomaml", "maml", "metasgd"])
-def test_maml_family_adapts_to_new_sinusoids(tmp_path, algorithm):
+@pytest.mark.parametrize("algorithm", sorted(budgets.SINUSOID))
+def test_adapts_to_new_sinusoids(tmp_path, algorithm):
     cfg = make_config(budgets.SINUSOID[algorithm], tmp_path)
     record = train(cfg)
     datamodule, trained = build(cfg)
