@@ -42,6 +42,8 @@ SINUSOID = {
            "seed=3"]
     for name in ("maml", "fomaml", "metasgd")
 }
+# First-order MAML gains less per step on this task: 2,000 steps keep its margin.
+SINUSOID["fomaml"][2] = "num_epochs=5"
 # Meta-SGD's learned rates are for its one training step (the experiment tests with 10).
 SINUSOID["metasgd"].append("algorithm.test_inner_steps=1")
 SINUSOID["reptile"] = ["experiment=reptile_sinusoid", "num_epochs=2", "episode.num_tasks=5000",
