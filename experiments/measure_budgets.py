@@ -44,8 +44,8 @@ def main() -> None:
     if args.only:
         prefixes = args.only.split(",")
         runs = {k: v for k, v in runs.items() if any(k.startswith(p) for p in prefixes)}
-    lines = ["| run | 5-way 1-shot test score (95% CI) | test episodes | outer steps | wall time |",
-             "|---|---|---|---|---|"]
+    lines = ["| run | test score (95% CI): Omniglot 5-way 1-shot accuracy, sinusoid query MSE "
+             "| test episodes | outer steps | wall time |", "|---|---|---|---|---|"]
     for name, overrides in runs.items():
         with tempfile.TemporaryDirectory() as run_dir:
             with initialize_config_dir(config_dir=f"{project_root()}/configs", version_base="1.3"):
