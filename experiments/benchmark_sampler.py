@@ -26,7 +26,8 @@ def per_example_loop(images_by_class, n_way, k_shot, query_size, num_tasks, gene
         for label, c in enumerate(classes.tolist()):
             order = torch.randperm(images_by_class.shape[1], generator=generator)
             for i, e in enumerate(order[: k_shot + query_size].tolist()):
-                (support if i < k_shot else query).append((images_by_class[c, e].float() / 255, label))
+                example = (images_by_class[c, e].float() / 255, label)
+                (support if i < k_shot else query).append(example)
         tasks.append((torch.stack([x for x, _ in support]), torch.tensor([y for _, y in support]),
                       torch.stack([x for x, _ in query]), torch.tensor([y for _, y in query])))
     return tasks
