@@ -52,6 +52,18 @@ def reference_meta_gradient(model: MAML, batch: Episode, loss_fn) -> list[torch.
     return list(torch.autograd.grad(outer / batch.num_tasks, list(params.values())))
 
 
+def plain_sgd(network, x, y, steps: int, loss_fn, lr: float = INNER_LR) -> dict[str, torch.Tensor]:
+    """`steps` plain SGD steps on (x, y) from the network's weights, without a graph: the
+    adapted weights, detached."""
+    fast = {name: w.detach() for name, w in network.named_parameters()}
+    for _ in range(steps):
+        fast = {name: w.requires_grad_() for name, w in fast.items()}
+        loss = loss_fn(functional_call(network, fast, (x,)), y)
+        grads = torch.autograd.grad(loss, list(fast.values()))
+        fast = {name: (w - lr * g).detach() for (name, w), g in zip(fast.items(), grads)}
+    return fast
+
+
 def model_meta_gradient(model: MAML, batch: Episode) -> list[torch.Tensor]:
     loss, _ = model.meta_train_loss(batch)
     return list(torch.autograd.grad(loss, list(model.learner.module.parameters())))
@@ -81,12 +93,7 @@ def test_evaluation_adapts_with_test_inner_steps_and_leaves_weights_alone():
     model.test_inner_steps = 5
     task = make_batch("regression").task(0)
     network = model.learner.module
-    fast = {name: w.detach() for name, w in network.named_parameters()}
-    for _ in range(5):
-        fast = {name: w.requires_grad_() for name, w in fast.items()}
-        loss = F.mse_loss(functional_call(network, fast, (task.support_x,)), task.support_y)
-        grads = torch.autograd.grad(loss, list(fast.values()))
-        fast = {name: (w - INNER_LR * g).detach() for (name, w), g in zip(fast.items(), grads)}
+    fast = plain_sgd(network, task.support_x, task.support_y, 5, F.mse_loss)
     expected = functional_call(network, fast, (task.query_x,))
 
     before = [p.detach().clone() for p in model.parameters()]
