@@ -24,12 +24,17 @@ from tests import budgets  # noqa: E402
 
 def all_budgets() -> dict[str, list[str]]:
     runs = {"protonet (lake)": budgets.PROTONET}
+    runs |= {f"{name} (lake)": overrides for name, overrides in budgets.METRIC.items()}
     runs |= {f"{name} (omniglot)": overrides for name, overrides in budgets.OMNIGLOT.items()}
     runs |= {f"{name} (sinusoid)": overrides for name, overrides in budgets.SINUSOID.items()}
     return runs
 
 
 def score(record: dict) -> str:
+    if "test_pair_acc" in record:  # Siamese: N-way accuracy, then pair verification accuracy
+        return (f"{100 * record['test_acc']:.2f}% +- {100 * record['test_acc_ci95']:.2f}% "
+                f"(pairs {100 * record['test_pair_acc']:.2f}% +- "
+                f"{100 * record['test_pair_acc_ci95']:.2f}%)")
     if "test_acc" in record:
         return f"{100 * record['test_acc']:.2f}% +- {100 * record['test_acc_ci95']:.2f}%"
     return f"MSE {record['test_mse']:.3f} +- {record['test_mse_ci95']:.3f}"

@@ -9,6 +9,14 @@ PROTONET = ["algorithm=protonet", "dataset.split=lake", "dataset.rotations=false
             "episode.num_tasks=500", "episode.val_episodes=100", "episode.test_episodes=600",
             "seed=1"]
 
+# The other metric methods: the same lake split, 500-600 training tasks each (tests/test_metric_family.py).
+_METRIC_COMMON = ["dataset.split=lake", "dataset.rotations=false", "num_epochs=1",
+                  "episode.val_episodes=50", "episode.test_episodes=200", "seed=1"]
+METRIC = {
+    name: [f"algorithm={name}", f"episode.num_tasks={tasks}", *_METRIC_COMMON]
+    for name, tasks in (("matchingnet", 600), ("relationnet", 500), ("siamese", 600))
+}
+
 # Omniglot 5-way 1-shot, by algorithm. The MAML family: outer steps of 4 tasks on a 32-channel
 # Conv4; training tasks carry 5 queries per class (test tasks keep 15). Second-order Meta-SGD
 # costs more per step and learns faster, so it gets 500 steps; the others 1,000.

@@ -54,6 +54,19 @@ def test_unknown_split(tmp_path):
     assert message == "dataset.split='random' is not a known Omniglot split; use one of: lake, vinyals"
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["algorithm=maml", "+algorithm.inner_lrr=0.1"], "algorithm.inner_lrr is not a setting of "
+     "metalearn.algorithms.maml.MAML; its settings are: allow_nograd, allow_unused, first_order, "
+     "inner_lr, inner_steps, meta_batch_size, optimizer, outer_lr, scheduler, test_inner_steps, "
+     "transductive_bn"),
+    # Relation Networks set Conv4's feature-map keys, which the MLP does not have
+    (["algorithm=relationnet", "backbone=mlp"], "backbone.flatten is not a setting of metalearn.models.backbones.MLP; "
+     "its settings are: hidden_sizes"),
+])
+def test_unknown_setting_lists_the_valid_ones(tmp_path, overrides, message):
+    assert build_error(tmp_path, *overrides) == message
+
+
 def test_algorithm_without_regression(tmp_path):
     message = build_error(tmp_path, "dataset=sinusoid", "algorithm=protonet")
     assert message.startswith("algorithm=protonet does not support regression")

@@ -7,8 +7,7 @@ import torch
 
 from metalearn.run import build, train
 from tests import budgets
-from tests.conftest import make_config
-from tests.test_reptile import mean_query_accuracy
+from tests.conftest import make_config, mean_query_accuracy
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from metalearn.errors import UserError
 from metalearn.models.backbones import MLP, Conv4
 from metalearn.run import build, train
 from tests import budgets
-from tests.conftest import make_config
+from tests.conftest import make_config, mean_query_accuracy
 from tests.test_maml_gradient import make_batch, relative_error
 
 INNER_LR, INNER_STEPS, OUTER_LR = 0.05, 3, 0.7
@@ -138,18 +138,6 @@ def test_bad_settings_are_user_errors(tmp_path):
         build(make_config(["algorithm=reptile", "algorithm.inner_optimizer=rmsprop"], tmp_path))
     with pytest.raises(UserError, match="algorithm.anneal_outer_lr=true"):
         tiny_reptile(anneal_outer_lr=True, scheduler=partial(StepLR, step_size=1))
-
-
-def mean_query_accuracy(model: Reptile, episodes) -> float:
-    model.eval()
-    scores = [
-        model.episode_score(torch.stack([
-            model.adapt_and_predict(task.support_x, task.support_y, task.query_x)
-            for task in map(batch.task, range(batch.num_tasks))
-        ]), batch.query_y)
-        for batch in episodes
-    ]
-    return torch.cat(scores).mean().item()
 
 
 @pytest.mark.slow

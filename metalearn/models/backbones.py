@@ -15,13 +15,13 @@ from torch import Tensor, nn
 from metalearn.errors import UserError
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Sequential:
     """conv3x3 -> BatchNorm -> ReLU -> 2x2 max-pool, the block of Vinyals et al. 2016."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
         nn.BatchNorm2d(out_channels),
         nn.ReLU(),
-        nn.MaxPool2d(2),
+        nn.MaxPool2d(2) if pool else nn.Identity(),
     )
 
 
@@ -33,7 +33,9 @@ class Conv4(nn.Module):
     """The standard few-shot embedding: `num_blocks` conv blocks of `hidden_channels` filters.
 
     On 28x28 Omniglot the output is 64 features (1x1 spatial), on 84x84 mini-ImageNet 1600.
-    With `flatten=False` the spatial feature maps are returned (Relation Networks need them).
+    With `flatten=False` the spatial feature maps are returned (Relation Networks need them);
+    `pooled_blocks` (default: all) lets only the first blocks pool, which keeps larger maps
+    (Sung et al. 2018 pool in the first two of four: 64 maps of 7x7 on Omniglot).
     """
 
     def __init__(
@@ -42,18 +44,27 @@ class Conv4(nn.Module):
         hidden_channels: int = 64,
         num_blocks: int = 4,
         flatten: bool = True,
+        pooled_blocks: int | None = None,
     ):
         super().__init__()
         in_channels, height, width = input_shape
+        pooled_blocks = num_blocks if pooled_blocks is None else pooled_blocks
+        if not 0 <= pooled_blocks <= num_blocks:
+            raise UserError(f"backbone.pooled_blocks={pooled_blocks} must be between 0 and "
+                            f"backbone.num_blocks={num_blocks}")
         channels = [in_channels] + [hidden_channels] * num_blocks
-        self.blocks = nn.Sequential(*(conv_block(a, b) for a, b in pairwise(channels)))
+        self.blocks = nn.Sequential(*(
+            conv_block(a, b, pool=index < pooled_blocks)
+            for index, (a, b) in enumerate(pairwise(channels))
+        ))
         self.flatten = flatten
-        for _ in range(num_blocks):
+        for _ in range(pooled_blocks):
             height, width = height // 2, width // 2
         if height < 1 or width < 1:
             raise UserError(
-                f"backbone.num_blocks={num_blocks} halves the {input_shape[1]}x{input_shape[2]} "
-                f"input below one pixel; use at most {max_blocks(input_shape)} blocks"
+                f"backbone.num_blocks={num_blocks} with {pooled_blocks} pooling blocks halves the "
+                f"{input_shape[1]}x{input_shape[2]} input below one pixel; pool at most "
+                f"{max_blocks(input_shape)} times"
             )
         self.out_shape = (hidden_channels, height, width)
         self.out_features = hidden_channels * height * width
