@@ -25,6 +25,7 @@ from tests import budgets  # noqa: E402
 def all_budgets() -> dict[str, list[str]]:
     runs = {"protonet (lake)": budgets.PROTONET}
     runs |= {f"{name} (lake)": overrides for name, overrides in budgets.METRIC.items()}
+    runs["metanet (lake)"] = budgets.METANET
     runs |= {f"{name} (omniglot)": overrides for name, overrides in budgets.OMNIGLOT.items()}
     runs |= {f"{name} (sinusoid)": overrides for name, overrides in budgets.SINUSOID.items()}
     return runs

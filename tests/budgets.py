@@ -55,3 +55,8 @@ SINUSOID = {
 SINUSOID["metasgd"].append("algorithm.test_inner_steps=1")
 SINUSOID["reptile"] = ["experiment=reptile_sinusoid", "num_epochs=2", "episode.num_tasks=5000",
                        "episode.val_episodes=50", "episode.test_episodes=200", "seed=3"]
+
+# Meta Networks: 600 tasks of 5-way 1-shot on the lake split, with a 32-channel Conv4 for each of
+# b and u and training tasks of 5 queries per class (test tasks keep 15); tests/test_metanet.py.
+METANET = ["algorithm=metanet", "backbone.hidden_channels=32", "episode.train_query_size=5",
+           "episode.num_tasks=600", *_METRIC_COMMON]
