@@ -26,6 +26,7 @@ def all_budgets() -> dict[str, list[str]]:
     runs = {"protonet (lake)": budgets.PROTONET}
     runs |= {f"{name} (lake)": overrides for name, overrides in budgets.METRIC.items()}
     runs["metanet (lake)"] = budgets.METANET
+    runs["mann (lake)"] = budgets.MANN
     runs |= {f"{name} (omniglot)": overrides for name, overrides in budgets.OMNIGLOT.items()}
     runs |= {f"{name} (sinusoid)": overrides for name, overrides in budgets.SINUSOID.items()}
     return runs
@@ -36,6 +37,11 @@ def score(record: dict) -> str:
         return (f"{100 * record['test_acc']:.2f}% +- {100 * record['test_acc_ci95']:.2f}% "
                 f"(pairs {100 * record['test_pair_acc']:.2f}% +- "
                 f"{100 * record['test_pair_acc_ci95']:.2f}%)")
+    if "test_acc_presentation_1" in record:  # MANN, NTM: also accuracy by presentation number
+        by_presentation = " / ".join(f"{100 * record[f'test_acc_presentation_{n}']:.1f}%"
+                                     for n in (1, 2, 3, 5, 10))
+        return (f"{100 * record['test_acc']:.2f}% +- {100 * record['test_acc_ci95']:.2f}% "
+                f"(presentations 1, 2, 3, 5, 10: {by_presentation})")
     if "test_acc" in record:
         return f"{100 * record['test_acc']:.2f}% +- {100 * record['test_acc_ci95']:.2f}%"
     return f"MSE {record['test_mse']:.3f} +- {record['test_mse_ci95']:.3f}"

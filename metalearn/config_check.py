@@ -21,7 +21,9 @@ POSITIVE_INTS = (
     "episode.val_episodes", "episode.test_episodes", "episode.eval_batch_size",
     "algorithm.meta_batch_size", "algorithm.inner_steps", "algorithm.test_inner_steps",
     "algorithm.embedding_dim", "algorithm.processing_steps", "algorithm.relation_channels",
-    "algorithm.hidden_units", "num_epochs", "eval_frequency", "save_frequency",
+    "algorithm.hidden_units", "algorithm.memory_slots", "algorithm.memory_width",
+    "algorithm.read_heads", "algorithm.write_heads", "algorithm.controller_size",
+    "algorithm.meta_hidden_size", "num_epochs", "eval_frequency", "save_frequency",
     "dataset.image_size", "backbone.hidden_channels", "backbone.num_blocks",
 )
 POSITIVE_FLOATS = ("algorithm.outer_lr", "algorithm.inner_lr", "algorithm.cosine_scale")

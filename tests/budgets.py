@@ -60,3 +60,10 @@ SINUSOID["reptile"] = ["experiment=reptile_sinusoid", "num_epochs=2", "episode.n
 # b and u and training tasks of 5 queries per class (test tasks keep 15); tests/test_metanet.py.
 METANET = ["algorithm=metanet", "backbone.hidden_channels=32", "episode.train_query_size=5",
            "episode.num_tasks=600", *_METRIC_COMMON]
+
+# MANN, 5-way sequences of 10 presentations per class: 1,200 steps of 48 sequences, with one head,
+# a 100-unit controller and 64 slots (the config has the paper's 4, 200 and 128, which learn
+# more slowly). Its memory use starts after about 25,000 sequences.
+MANN = ["algorithm=mann", "algorithm.read_heads=1", "algorithm.controller_size=100",
+        "algorithm.memory_slots=64", "algorithm.meta_batch_size=48", "algorithm.outer_lr=0.003",
+        "trainer.gradient_clip_val=10", "episode.num_tasks=57600", *_METRIC_COMMON]

@@ -1,0 +1,27 @@
+"""The Neural Turing Machine (Graves et al. 2014) as a meta-learner.
+
+The machine (metalearn/models/ntm.py: content and location addressing, erase-then-add writes, an
+LSTM or feed-forward controller) reads each episode as a sequence of (x_t, y_{t-1}) under the
+protocol MANN uses (metalearn/algorithms/sequence.py). Santoro et al. 2016 compare exactly this:
+location-based addressing against MANN's least-recently-used access.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from metalearn.algorithms.sequence import SequenceEpisodeModule
+from metalearn.models.ntm import NTM as NTMNetwork
+
+
+class NTM(SequenceEpisodeModule):
+    """Args: the machine's settings (see metalearn.models.ntm.NTM)."""
+
+    def __init__(self, backbone: nn.Module, memory_slots: int = 128, memory_width: int = 40,
+                 read_heads: int = 4, write_heads: int = 1, controller: str = "lstm",
+                 controller_size: int = 200, shift_radius: int = 1, **base_args):
+        super().__init__(backbone, **base_args)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.network = NTMNetwork(self.sequence_input_size, self.output_dim, memory_slots,
+                                  memory_width, read_heads, write_heads, controller,
+                                  controller_size, shift_radius)
