@@ -54,7 +54,13 @@ class MetricModule(EpisodicModule):
             n_support = task.support_x.shape[0]
             features = self.embed(torch.cat([task.support_x, task.query_x]))
             self.process_support_features(features[:n_support], task.support_y)
-            scores = self.score_queries(features[n_support:])
-            losses.append(self.task_loss(scores, task.query_y))
+            loss, scores = self.query_loss(features[n_support:], task.query_y, task.support_y)
+            losses.append(loss)
             predictions.append(scores)
         return torch.stack(losses).mean(), torch.stack(predictions)
+
+    def query_loss(self, query_features: Tensor, query_y: Tensor,
+                   support_y: Tensor) -> tuple[Tensor, Tensor]:
+        """The training loss of one task's queries, and their class scores [Q, N]."""
+        scores = self.score_queries(query_features)
+        return self.task_loss(scores, query_y), scores

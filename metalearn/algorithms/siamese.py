@@ -74,18 +74,13 @@ class SiameseNet(MetricModule):
     def score_queries(self, query_features: Tensor) -> Tensor:
         return self.class_scores(self.same_class_logits(query_features))
 
-    def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
-        losses, predictions = [], []
-        for task in map(batch.task, range(batch.num_tasks)):
-            n_support = task.support_x.shape[0]
-            features = self.embed(torch.cat([task.support_x, task.query_x]))
-            self.process_support_features(features[:n_support], task.support_y)
-            logits = self.same_class_logits(features[n_support:])
-            queries, supports, same = balanced_pairs(task.support_y, task.query_y)
-            losses.append(F.binary_cross_entropy_with_logits(logits[queries, supports],
-                                                             same.to(logits.dtype)))
-            predictions.append(self.class_scores(logits))
-        return torch.stack(losses).mean(), torch.stack(predictions)
+    def query_loss(self, query_features: Tensor, query_y: Tensor,
+                   support_y: Tensor) -> tuple[Tensor, Tensor]:
+        """Binary cross-entropy on the task's balanced pairs, and the queries' class scores."""
+        logits = self.same_class_logits(query_features)
+        queries, supports, same = balanced_pairs(support_y, query_y)
+        loss = F.binary_cross_entropy_with_logits(logits[queries, supports], same.to(logits.dtype))
+        return loss, self.class_scores(logits)
 
     def evaluate_episodes(self, batch: Episode, split: str) -> None:
         """N-way accuracy as every method reports it, and verification accuracy on pairs."""
