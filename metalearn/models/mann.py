@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalearn.models.memory import (
+    INITIAL_MEMORY_VALUE,
     LSTMController,
     MemoryNetwork,
     clear_least_used_slot,
@@ -27,7 +28,6 @@ from metalearn.models.memory import (
     read,
     update_usage,
 )
-from metalearn.models.ntm import INITIAL_MEMORY_VALUE
 
 
 class MANN(MemoryNetwork):

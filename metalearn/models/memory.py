@@ -25,6 +25,8 @@ from metalearn.errors import UserError
 
 # keeps cosines defined when a slot or key is all zeros
 EPSILON = 1e-8
+# every slot starts as this constant: all content weights equal, no NaN cosines
+INITIAL_MEMORY_VALUE = 1e-6
 
 
 def content_weights(memory: Tensor, keys: Tensor, strength: Tensor) -> Tensor:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalearn.models.memory import (
+    INITIAL_MEMORY_VALUE,
     MemoryNetwork,
     circular_shift,
     content_weights,
@@ -23,9 +24,6 @@ from metalearn.models.memory import (
     read,
     sharpen,
 )
-
-# the memory starts as this constant in every slot: all content weights equal, no NaN cosines
-INITIAL_MEMORY_VALUE = 1e-6
 
 
 class NTM(MemoryNetwork):
