@@ -16,6 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from metalearn.algorithms.base import EpisodicModule
 from metalearn.callbacks import CONFIG_KEY, StoreConfigInCheckpoint
@@ -27,6 +28,7 @@ from metalearn.config_check import (
 )
 from metalearn.data.datamodule import EpisodicDataModule
 from metalearn.errors import UserError
+from metalearn.models.backbones import UserBackbone
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ def project_root() -> str:
 
 
 OmegaConf.register_new_resolver("project_root", project_root, replace=True)
+USER_BACKBONE = f"{UserBackbone.__module__}.{UserBackbone.__qualname__}"
 
 
 # Building ---------------------------------------------------------------------------------------
@@ -60,14 +63,22 @@ def instantiate_checked(node: DictConfig, **kwargs) -> Any:
         raise user_error from None
 
 
-def build(cfg: DictConfig) -> tuple[EpisodicDataModule, EpisodicModule]:
-    """Checks the config, then instantiates the data module and the algorithm it describes."""
+def build(cfg: DictConfig, model: nn.Module | None = None) -> tuple[EpisodicDataModule, EpisodicModule]:
+    """Checks the config, then instantiates the data module and the algorithm it describes.
+
+    `model`, a user's network, is the backbone of a config whose backbone is a UserBackbone.
+    """
     check_config(cfg)
     tasks = instantiate_checked(cfg.dataset)
     check_algorithm_fits(cfg, tasks)
     check_episode_fits(cfg, tasks)
     datamodule = instantiate(cfg.episode, tasks=tasks)
-    backbone = instantiate_checked(cfg.backbone, input_shape=tasks.input_shape)
+    user_backbone = cfg.backbone._target_ == USER_BACKBONE
+    if model is not None and not user_backbone:
+        raise UserError(f"this config's backbone is {component_name(cfg.backbone)}, not a "
+                        "user-defined network; build it without model=")
+    backbone_args = {"model": model} if model is not None else {}
+    backbone = instantiate_checked(cfg.backbone, input_shape=tasks.input_shape, **backbone_args)
     output_dim = cfg.episode.n_way if tasks.task_type == "classification" else tasks.output_dim
     model = instantiate_checked(cfg.algorithm, backbone=backbone, task_type=tasks.task_type,
                                 output_dim=output_dim)
@@ -126,6 +137,14 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
     return str(path)
 
 
+def make_trainer(cfg: DictConfig, resolved: dict) -> L.Trainer:
+    """The config's Lightning Trainer with its callbacks and loggers; checkpoints carry `resolved`,
+    the config that rebuilds the model."""
+    callbacks = instantiate_all(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
+    return instantiate(cfg.trainer, callbacks=callbacks,
+                       logger=instantiate_all(cfg.get("logger")) or False)
+
+
 def train(cfg: DictConfig) -> dict:
     """Meta-trains, validates and tests; writes config.yaml and results.json into the run dir."""
     started = time.time()
@@ -136,9 +155,7 @@ def train(cfg: DictConfig) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
 
-    callbacks = instantiate_all(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks,
-                                     logger=instantiate_all(cfg.get("logger")) or False)
+    trainer = make_trainer(cfg, resolved)
     trainer.fit(model, datamodule=datamodule,
                 ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir))
 

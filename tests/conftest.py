@@ -7,34 +7,25 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from metalearn.compose import compose_config
 from metalearn.run import project_root
 from tests import budgets
 
 ROOT = Path(project_root())
-CONFIG_DIR = str(ROOT / "configs")
 os.environ.setdefault("WANDB_MODE", "offline")
 
 
 def make_config(overrides: list[str], output_dir: Path, config_name: str = "train") -> DictConfig:
     """The config `python train.py <overrides>` would run with, writing into output_dir."""
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name, overrides=[*overrides, f"paths.output_dir={output_dir}"])
+    return compose_config(overrides, output_dir, config_name)
 
 
 def mean_query_accuracy(model, episodes) -> float:
     """Mean query accuracy of `model.adapt_and_predict` over the batches of `episodes`."""
     model.eval()
-    scores = [
-        model.episode_score(torch.stack([
-            model.adapt_and_predict(task.support_x, task.support_y, task.query_x)
-            for task in map(batch.task, range(batch.num_tasks))
-        ]), batch.query_y)
-        for batch in episodes
-    ]
-    return torch.cat(scores).mean().item()
+    return torch.cat([model.score_episodes(batch) for batch in episodes]).mean().item()
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,8 @@
 MAML that adapts only the network's head in the inner loop: the body (the backbone) is shared by
 all tasks and is updated only by the outer loop (section 4, "ANIL"). The paper finds this matches
 MAML's accuracy, since MAML's gains come from feature reuse rather than rapid learning. Support and
-query go through the body in one pass, as in learn2learn's ANIL example.
+query go through the body in separate passes, as they go through MAML's learner, so an adapted
+model can predict any later batch.
 """
 
 from __future__ import annotations
@@ -11,10 +12,14 @@ from __future__ import annotations
 from torch import nn
 
 from metalearn.algorithms.maml import MAML
+from metalearn.errors import UserError
 
 
 class ANIL(MAML):
     supported_task_types = ("classification",)
 
-    def split_model(self, backbone: nn.Module, head: nn.Module) -> tuple[nn.Module, nn.Module]:
-        return backbone, head
+    def split_model(self, backbone: nn.Module, output_layer: bool) -> tuple[nn.Module, nn.Module]:
+        if not output_layer:
+            raise UserError("anil adapts only the output layer it adds to the backbone, so "
+                            "algorithm.output_layer must be true")
+        return backbone, nn.Linear(backbone.out_features, self.output_dim)

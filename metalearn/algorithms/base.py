@@ -8,13 +8,16 @@ that stops a run whose loss stops being finite. An algorithm implements two thin
 - `adapt_and_predict(support_x, support_y, query_x)`: learn from one task's support set and
   predict its queries (class scores, or regression outputs).
 
-So evaluation, the API and the entry points never branch on the algorithm's name.
+Algorithms that adapt by gradient steps also override `adapt`, so that the Python API adapts once
+and can choose the number of steps. So evaluation, the API and the entry points never branch on
+the algorithm's name.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
+from functools import partial
 
 import lightning as L
 import torch
@@ -84,6 +87,19 @@ class EpisodicModule(L.LightningModule):
     def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
         """Adapts to one task's support set and returns its query predictions [Q, ...]."""
 
+    def adapt(self, support_x: Tensor, support_y: Tensor,
+              steps: int | None = None) -> Callable[[Tensor], Tensor]:
+        """Learns one task from its support set; returns the function predicting its queries.
+
+        This default replays `adapt_and_predict` at each call, which suits algorithms that adapt
+        in one forward pass. Gradient-based algorithms override it to adapt once, in `steps`
+        inner steps (default: their `test_inner_steps`).
+        """
+        if steps is not None:
+            raise UserError(f"{type(self).__name__} adapts in one pass over the support set; "
+                            "n_steps applies only to algorithms that adapt by gradient steps")
+        return partial(self.adapt_and_predict, support_x, support_y)
+
     # Shared ------------------------------------------------------------------------------------
     @property
     def score_name(self) -> str:
@@ -100,25 +116,34 @@ class EpisodicModule(L.LightningModule):
             return (predictions.argmax(-1) == targets).float().flatten(1).mean(1)
         return (predictions - targets).pow(2).flatten(1).mean(1)
 
-    def training_step(self, batch: Episode, batch_idx: int) -> Tensor:
+    def checked_meta_train_loss(self, batch: Episode, step: int) -> tuple[Tensor, Tensor]:
+        """meta_train_loss, stopping the run when the loss is no longer finite."""
         loss, predictions = self.meta_train_loss(batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"meta-training loss became {loss.item()} at step {self.global_step}; training "
+                f"meta-training loss became {loss.item()} at step {step}; training "
                 "stopped. The last checkpoint saved before this step is intact. Lower "
                 "algorithm.outer_lr (or inner_lr) or enable trainer.gradient_clip_val."
             )
+        return loss, predictions
+
+    def training_step(self, batch: Episode, batch_idx: int) -> Tensor:
+        loss, predictions = self.checked_meta_train_loss(batch, self.global_step)
         score = self.episode_score(predictions.detach(), batch.query_y).mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log(f"train/{self.score_name}", score, prog_bar=True)
         return loss
 
-    def evaluate_episodes(self, batch: Episode, split: str) -> None:
+    def score_episodes(self, batch: Episode) -> Tensor:
+        """Adapts to each task of the batch in turn and scores its queries: [B]."""
         predictions = torch.stack([
             self.adapt_and_predict(task.support_x, task.support_y, task.query_x)
             for task in map(batch.task, range(batch.num_tasks))
         ])
-        self.episode_scores[split].update(self.episode_score(predictions, batch.query_y))
+        return self.episode_score(predictions, batch.query_y)
+
+    def evaluate_episodes(self, batch: Episode, split: str) -> None:
+        self.episode_scores[split].update(self.score_episodes(batch))
 
     def report_episodes(self, split: str) -> dict[str, float]:
         mean, ci95 = mean_and_ci95(self.episode_scores[split].compute())

@@ -7,16 +7,19 @@ query loss, differentiating through the inner steps (second order) unless `first
 Evaluation adapts with `test_inner_steps` steps (the paper used 10 at test time, against 1 to 5
 in training).
 
-The learner is the backbone followed by a linear head of `output_dim` units; subclasses change
-what is adapted (`split_model`: ANIL adapts the head only) and how (`wrap`: Meta-SGD). BatchNorm: with
-`transductive_bn=True` (the default, and the convention of the original MAML code) adaptation and
-prediction at test time use the statistics of the task's own batch, as during meta-training;
-with False they use the running averages collected during meta-training.
+The learner is the backbone followed by a linear output layer of `output_dim` units, or the
+backbone alone with `output_layer=False` (a user's whole network, through the Python API);
+subclasses change what is adapted (`split_model`: ANIL adapts the output layer only) and how
+(`wrap`: Meta-SGD). BatchNorm: with `transductive_bn=True` (the default, and the convention of
+the original MAML code) adaptation and prediction at test time use the statistics of the task's
+own batch (support, then query), as during meta-training; with False they use the running averages
+collected during meta-training.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import learn2learn as l2l
 import torch
@@ -24,6 +27,7 @@ from torch import Tensor, nn
 
 from metalearn.algorithms.base import EpisodicModule
 from metalearn.data.episodes import Episode
+from metalearn.models.backbones import learner_network
 
 
 def inner_loop(
@@ -59,20 +63,20 @@ class MAML(EpisodicModule):
         allow_unused: bool | None = None,
         allow_nograd: bool = False,
         transductive_bn: bool = True,
+        output_layer: bool = True,
         **base_args,
     ):
         super().__init__(**base_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
         self.transductive_bn = transductive_bn
-        head = nn.Linear(backbone.out_features, self.output_dim)
-        self.body, adapted_part = self.split_model(backbone, head)
+        self.body, adapted_part = self.split_model(backbone, output_layer)
         self.learner = self.wrap(adapted_part)
 
-    def split_model(self, backbone: nn.Module, head: nn.Module) -> tuple[nn.Module, nn.Module]:
+    def split_model(self, backbone: nn.Module, output_layer: bool) -> tuple[nn.Module, nn.Module]:
         """(body, learner): the body is shared by all tasks and changes only in the outer loop;
         the learner is adapted in the inner loop. MAML adapts the whole network."""
-        return nn.Identity(), nn.Sequential(backbone, head)
+        return nn.Identity(), learner_network(backbone, self.output_dim, output_layer)
 
     def wrap(self, model: nn.Module) -> l2l.algorithms.BaseLearner:
         """The learn2learn wrapper that clones and adapts the learner."""
@@ -82,13 +86,11 @@ class MAML(EpisodicModule):
             allow_unused=hparams.allow_unused, allow_nograd=hparams.allow_nograd,
         )
 
-    def task_predictions(self, task: Episode, steps: int, first_order: bool | None = None) -> Tensor:
+    def task_predictions(self, task: Episode, steps: int) -> Tensor:
         """Adapts to the task's support set in `steps` steps and predicts its queries."""
-        n_support = task.support_x.shape[0]
-        features = self.body(torch.cat([task.support_x, task.query_x]))
-        adapted = inner_loop(self.learner, features[:n_support], task.support_y, steps,
-                             self.task_loss, first_order)
-        return adapted(features[n_support:])
+        adapted = inner_loop(self.learner, self.body(task.support_x), task.support_y, steps,
+                             self.task_loss)
+        return adapted(self.body(task.query_x))
 
     def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
         predictions = [self.task_predictions(batch.task(t), self.inner_steps)
@@ -96,15 +98,32 @@ class MAML(EpisodicModule):
         losses = [self.task_loss(p, y) for p, y in zip(predictions, batch.query_y)]
         return torch.stack(losses).mean(), torch.stack(predictions)
 
-    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        task = Episode(support_x, support_y, query_x, None)
+    @contextmanager
+    def adaptation_mode(self) -> Iterator[None]:
+        """BatchNorm on each batch's own statistics (transductive) or on the running averages."""
         modes = [module.training for module in (self.body, self.learner)]
-        # Lightning evaluates without gradients; adaptation needs them.
-        with torch.enable_grad():
-            self.body.train(self.transductive_bn)
-            self.learner.train(self.transductive_bn)
-            # first_order: the same adapted weights, without keeping a graph nobody will use
-            predictions = self.task_predictions(task, self.test_inner_steps, first_order=True)
-        self.body.train(modes[0])
-        self.learner.train(modes[1])
-        return predictions.detach()
+        self.body.train(self.transductive_bn)
+        self.learner.train(self.transductive_bn)
+        try:
+            yield
+        finally:
+            self.body.train(modes[0])
+            self.learner.train(modes[1])
+
+    def adapt(self, support_x: Tensor, support_y: Tensor,
+              steps: int | None = None) -> Callable[[Tensor], Tensor]:
+        steps = self.test_inner_steps if steps is None else steps
+        # Lightning evaluates without gradients; adaptation needs them. first_order: the same
+        # adapted weights, without keeping a graph nobody will use.
+        with self.adaptation_mode(), torch.enable_grad():
+            adapted = inner_loop(self.learner, self.body(support_x), support_y, steps,
+                                 self.task_loss, first_order=True)
+
+        def predict(query_x: Tensor) -> Tensor:
+            with self.adaptation_mode():
+                return adapted(self.body(query_x)).detach()
+
+        return predict
+
+    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        return self.adapt(support_x, support_y)(query_x)

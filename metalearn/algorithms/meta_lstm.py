@@ -31,6 +31,7 @@ filters, is what configs/experiment/meta_lstm_omniglot.yaml selects.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -39,6 +40,7 @@ from torch.func import functional_call
 
 from metalearn.algorithms.base import EpisodicModule
 from metalearn.data.episodes import Episode
+from metalearn.models.backbones import learner_network
 
 
 def preprocess(x: Tensor, p: float = 10.0) -> Tensor:
@@ -82,6 +84,7 @@ class MetaLSTM(EpisodicModule):
         test_inner_steps: int = 15,
         hidden_size: int = 20,
         preprocess_p: float = 10.0,
+        output_layer: bool = True,
         **base_args,
     ):
         super().__init__(**base_args)
@@ -89,7 +92,7 @@ class MetaLSTM(EpisodicModule):
         self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
         self.preprocess_p = preprocess_p
 
-        self.learner = nn.Sequential(backbone, nn.Linear(backbone.out_features, self.output_dim))
+        self.learner = learner_network(backbone, self.output_dim, output_layer)
         use_batch_statistics(self.learner)
         named = list(self.learner.named_parameters())
         self.param_names = [name for name, _ in named]
@@ -147,7 +150,7 @@ class MetaLSTM(EpisodicModule):
                                @ self.input_weight + self.input_bias)
         return forget * theta - input_ * gradient, MetaLearnerState(hidden, cell, forget, input_)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> Tensor:
+    def adapted_weights(self, support_x: Tensor, support_y: Tensor, steps: int) -> Tensor:
         """theta_T after `steps` meta-learner steps on the whole support set, from c_0."""
         theta = self.initial_theta
         state = self.initial_state(theta)
@@ -160,14 +163,24 @@ class MetaLSTM(EpisodicModule):
     def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
         total, predictions = 0.0, []
         for task in map(batch.task, range(batch.num_tasks)):
-            theta = self.adapt(task.support_x, task.support_y, self.inner_steps)
+            theta = self.adapted_weights(task.support_x, task.support_y, self.inner_steps)
             query_predictions = self.learner_forward(theta, task.query_x)
             total = total + self.task_loss(query_predictions, task.query_y)
             predictions.append(query_predictions)
         return total / batch.num_tasks, torch.stack(predictions)
 
-    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+    def adapt(self, support_x: Tensor, support_y: Tensor,
+              steps: int | None = None) -> Callable[[Tensor], Tensor]:
+        steps = self.test_inner_steps if steps is None else steps
         # no graph through the meta-learner: only the support gradients need autograd
         with torch.no_grad():
-            theta = self.adapt(support_x, support_y, self.test_inner_steps)
-            return self.learner_forward(theta, query_x)
+            theta = self.adapted_weights(support_x, support_y, steps)
+
+        def predict(query_x: Tensor) -> Tensor:
+            with torch.no_grad():
+                return self.learner_forward(theta, query_x)
+
+        return predict
+
+    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        return self.adapt(support_x, support_y)(query_x)

@@ -49,6 +49,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from metalearn.algorithms.base import EpisodicModule
 from metalearn.data.episodes import Episode
 from metalearn.errors import UserError
+from metalearn.models.backbones import learner_network
 
 INNER_OPTIMIZERS = {
     "sgd": torch.optim.SGD,
@@ -76,6 +77,7 @@ class Reptile(EpisodicModule):
         inner_optimizer: str = "adam",
         anneal_outer_lr: bool = True,
         transductive_bn: bool = True,
+        output_layer: bool = True,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         **base_args,
     ):
@@ -90,7 +92,7 @@ class Reptile(EpisodicModule):
         self.inner_optimizer, self.inner_lr = inner_optimizer, inner_lr
         self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
         self.anneal_outer_lr, self.transductive_bn = anneal_outer_lr, transductive_bn
-        self.learner = nn.Sequential(backbone, nn.Linear(backbone.out_features, self.output_dim))
+        self.learner = learner_network(backbone, self.output_dim, output_layer)
 
     def fine_tune(self, x: Tensor, y: Tensor, steps: int,
                   batch_statistics: bool = True) -> tuple[nn.Module, Tensor, Tensor]:
@@ -124,18 +126,28 @@ class Reptile(EpisodicModule):
         with torch.no_grad():
             for name, buffer in self.learner.named_buffers():
                 buffer.copy_(target[name])
-        self.log("train/task_loss", torch.stack(task_losses).mean())
+        if self._trainer is not None:  # the Python API steps without a trainer
+            self.log("train/task_loss", torch.stack(task_losses).mean())
         surrogate = sum(0.5 * (weight - target[name]).pow(2).sum()
                         for name, weight in self.learner.named_parameters())
         return surrogate, torch.stack(predictions)
 
-    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+    def adapt(self, support_x: Tensor, support_y: Tensor,
+              steps: int | None = None) -> Callable[[Tensor], Tensor]:
+        steps = self.test_inner_steps if steps is None else steps
         # Lightning evaluates without gradients; fine-tuning a copy needs them and leaves theta.
         with torch.enable_grad():
-            learner, _, _ = self.fine_tune(support_x, support_y, self.test_inner_steps,
+            learner, _, _ = self.fine_tune(support_x, support_y, steps,
                                            batch_statistics=self.transductive_bn)
-        with torch.no_grad():
-            return learner(query_x)
+
+        def predict(query_x: Tensor) -> Tensor:
+            with torch.no_grad():
+                return learner(query_x)
+
+        return predict
+
+    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        return self.adapt(support_x, support_y)(query_x)
 
     def configure_optimizers(self):
         if not self.anneal_outer_lr:

@@ -2,7 +2,8 @@
 
 Every backbone takes the data's `input_shape` (the runner passes it from the dataset) and exposes
 `out_features`, the width of the flat feature vector it returns, so heads can be sized without a
-dummy forward pass.
+dummy forward pass. A user's own network becomes a backbone through `UserBackbone`, which measures
+it once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from itertools import pairwise
 
+import torch
 from torch import Tensor, nn
 
 from metalearn.errors import UserError
@@ -88,3 +90,60 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+
+class UserBackbone(nn.Module):
+    """A user's `nn.Module` (the Python API's `model=`) as a backbone.
+
+    Its output width is measured once on a batch of zeros of the data's `input_shape`, so a
+    mismatch is reported before training. Outputs of more than one dimension per example are
+    flattened unless `flatten=False` (the relation module needs feature maps [C, H, W]).
+
+    Args:
+        model: the network. In a config, its class name: such a config is rebuilt only with the
+            network passed in again (`MetaLearner.load(path, model=...)`).
+    """
+
+    def __init__(self, model: nn.Module | str, input_shape: tuple[int, ...], flatten: bool = True):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise UserError(f"this model was trained with a user-defined network ({model}); "
+                            "rebuild it in Python with MetaLearner.load(path, model=<that network>)")
+        self.model, self.flatten = model, flatten
+        parameter = next(model.parameters(), None)
+        dummy = torch.zeros(2, *input_shape, device=None if parameter is None else parameter.device)
+        was_training = model.training
+        try:
+            with torch.no_grad():
+                output = model.eval()(dummy)
+        except Exception as error:  # whatever the user's forward raises
+            raise UserError(f"model {type(model).__name__} cannot take a batch of inputs of shape "
+                            f"{tuple(input_shape)}, the dataset's: {error}") from None
+        finally:
+            model.train(was_training)
+        if not isinstance(output, Tensor) or output.dim() < 2:
+            raise UserError(f"model {type(model).__name__} must return a tensor [batch, ...] of "
+                            "features; it returned "
+                            f"{tuple(output.shape) if isinstance(output, Tensor) else type(output)}")
+        self.out_shape = tuple(output.shape[1:])
+        self.out_features = math.prod(self.out_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.model(x)
+        return features.flatten(1) if self.flatten else features
+
+
+def learner_network(backbone: nn.Module, output_dim: int, output_layer: bool = True) -> nn.Module:
+    """The network a gradient-based algorithm adapts: the backbone and a linear output layer of
+    `output_dim` units, or, with `output_layer=False`, the backbone alone (a user's whole network),
+    which must then output `output_dim` values."""
+    if output_layer:
+        return nn.Sequential(backbone, nn.Linear(backbone.out_features, output_dim))
+    if backbone.out_features != output_dim:
+        raise UserError(
+            f"with algorithm.output_layer=false the network itself is the learner and must output "
+            f"{output_dim} values per example (one per class, or the regression target); it "
+            f"outputs {backbone.out_features}. End it with a layer of {output_dim} units, or set "
+            "output_layer=true to add one"
+        )
+    return backbone

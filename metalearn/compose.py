@@ -1,0 +1,98 @@
+"""The train config composed outside the Hydra app, for the Python API, meta_learning.py and tests.
+
+`compose_config` gives the config `python train.py <overrides>` would run with. `apply_settings`
+then sets flat names such as `inner_lr` or `k_shot` (the API's keyword arguments and
+meta_learning.py's flags) on the key of the config that holds them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from metalearn.config_check import PASSED_BY_RUNNER, accepted_arguments, component_name
+from metalearn.errors import UserError
+from metalearn.run import project_root
+
+CONFIG_DIR = Path(project_root()) / "configs"
+# other names for an algorithm (the flag-style front end and the API accept them)
+ALGORITHM_ALIASES = {"prototypical": "protonet"}
+# top-level keys of configs/train.yaml that are settings of a run
+RUN_SETTINGS = ("seed", "num_epochs", "eval_frequency", "save_frequency")
+# where flat names are looked up, in order (meta_batch_size is the algorithm's; the episode's
+# follows it)
+SETTING_GROUPS = ("algorithm", "episode", "dataset", "backbone")
+
+
+def config_choices(group: str) -> list[str]:
+    """The configs of a group: the names `<group>=<name>` accepts."""
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def algorithm_name(name: str) -> str:
+    """The algorithm config a name or alias selects; an unknown one is a UserError."""
+    name = ALGORITHM_ALIASES.get(name, name)
+    choices = config_choices("algorithm")
+    if name not in choices:
+        aliases = ", ".join(f"{alias} = {target}" for alias, target in ALGORITHM_ALIASES.items())
+        raise UserError(f"unknown algorithm {name!r}; choose one of: {', '.join(choices)} "
+                        f"(aliases: {aliases})")
+    return name
+
+
+def compose_config(overrides: Iterable[str] = (), output_dir: str | Path | None = None,
+                   config_name: str = "train") -> DictConfig:
+    """The config of `python train.py <overrides>`, writing into output_dir.
+
+    Without output_dir, a new directory where train.py would put the run:
+    outputs/runs/<algorithm>_<dataset>/<time>.
+    """
+    overrides = list(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=[*overrides, "paths.output_dir=unset"])
+    except HydraException as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    if output_dir is None:
+        run_name = f"{component_name(cfg.algorithm)}_{component_name(cfg.dataset)}"
+        output_dir = Path(cfg.paths.log_dir) / "runs" / run_name / time.strftime("%Y-%m-%d_%H-%M-%S")
+    cfg.paths.output_dir = str(output_dir)
+    return cfg
+
+
+def setting_keys(cfg: DictConfig) -> dict[str, str]:
+    """Every flat setting name of this config and the key that holds it ('inner_lr' ->
+    'algorithm.inner_lr'), including constructor arguments the config file leaves at their
+    default."""
+    keys = {name: name for name in RUN_SETTINGS}
+    for group in SETTING_GROUPS:
+        node = cfg.get(group)
+        if not node or "_target_" not in node:
+            continue
+        names = set(accepted_arguments(get_class(node._target_))) | set(node)
+        names -= PASSED_BY_RUNNER.get(group, set()) | {"seed", "model"}
+        for name in sorted(names):
+            if not name.startswith("_"):
+                keys.setdefault(name, f"{group}.{name}")
+    return keys
+
+
+def apply_settings(cfg: DictConfig, settings: Mapping[str, Any], what: str = "setting") -> None:
+    """Sets each flat name's value on its key; an unknown name is a UserError listing the
+    valid ones. `what` names the settings in that message (the API says 'hyperparameter')."""
+    keys = setting_keys(cfg)
+    for name, value in settings.items():
+        if name not in keys:
+            raise UserError(
+                f"unknown {what} {name!r} for {component_name(cfg.algorithm)} on "
+                f"{component_name(cfg.dataset)}; valid: {', '.join(sorted(keys))}"
+            )
+        with open_dict(cfg):
+            OmegaConf.update(cfg, keys[name], value, merge=False, force_add=True)
