@@ -36,15 +36,35 @@ def config_choices(group: str) -> list[str]:
     return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def algorithm_name(name: str) -> str:
-    """The algorithm config a name or alias selects; an unknown one is a UserError."""
-    name = ALGORITHM_ALIASES.get(name, name)
-    choices = config_choices("algorithm")
+def checked_choice(group: str, name: str) -> str:
+    """`name` if configs/<group>/<name>.yaml exists; otherwise a UserError listing the choices."""
+    choices = config_choices(group)
     if name not in choices:
         aliases = ", ".join(f"{alias} = {target}" for alias, target in ALGORITHM_ALIASES.items())
-        raise UserError(f"unknown algorithm {name!r}; choose one of: {', '.join(choices)} "
-                        f"(aliases: {aliases})")
+        raise UserError(f"unknown {group} {name!r}; choose one of: {', '.join(choices)}"
+                        + (f" (aliases: {aliases})" if group == "algorithm" else ""))
     return name
+
+
+def algorithm_name(name: str) -> str:
+    """The algorithm config a name or alias selects; an unknown one is a UserError."""
+    return checked_choice("algorithm", ALGORITHM_ALIASES.get(name, name))
+
+
+def default_output_dir(cfg: DictConfig) -> Path:
+    """Where train.py would put this run: outputs/runs/<algorithm>_<dataset>/<time>."""
+    run_name = f"{component_name(cfg.algorithm)}_{component_name(cfg.dataset)}"
+    return Path(cfg.paths.log_dir) / "runs" / run_name / time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def one_line(hydra_message: str) -> str:
+    """A Hydra composition error in one line: 'Could not find 'algorithm/foo'; Available options
+    in 'algorithm': anil, fomaml, ...'."""
+    lines = [line.strip() for line in hydra_message.split("Config search path")[0].splitlines()
+             if line.strip()]
+    if len(lines) > 2 and lines[1].endswith(":"):
+        return f"{lines[0]}; {lines[1]} {', '.join(lines[2:])}"
+    return "; ".join(line.rstrip(".") for line in lines)
 
 
 def compose_config(overrides: Iterable[str] = (), output_dir: str | Path | None = None,
@@ -59,11 +79,8 @@ def compose_config(overrides: Iterable[str] = (), output_dir: str | Path | None 
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=[*overrides, "paths.output_dir=unset"])
     except HydraException as error:
-        raise UserError(str(error).splitlines()[0]) from None
-    if output_dir is None:
-        run_name = f"{component_name(cfg.algorithm)}_{component_name(cfg.dataset)}"
-        output_dir = Path(cfg.paths.log_dir) / "runs" / run_name / time.strftime("%Y-%m-%d_%H-%M-%S")
-    cfg.paths.output_dir = str(output_dir)
+        raise UserError(one_line(str(error))) from None
+    cfg.paths.output_dir = str(output_dir or default_output_dir(cfg))
     return cfg
 
 

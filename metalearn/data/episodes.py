@@ -29,6 +29,16 @@ class Episode(NamedTuple):
         """The index-th task, without the task dimension."""
         return Episode(*(t[index] for t in self))
 
+    @property
+    def support(self) -> tuple[Tensor, Tensor]:
+        """(support_x, support_y), the form MetaLearner.adapt takes."""
+        return self.support_x, self.support_y
+
+    @property
+    def query(self) -> tuple[Tensor, Tensor]:
+        """(query_x, query_y), the form MetaLearner.evaluate takes."""
+        return self.query_x, self.query_y
+
 
 def seeded_generator(*seeds: int) -> torch.Generator:
     """A CPU generator whose state is a fixed function of the given integers.

@@ -1,0 +1,426 @@
+"""The Python API: `MetaLearner`, `TaskSampler` and `evaluate_few_shot`.
+
+A thin face over what train.py runs. A MetaLearner composes the same config (configs/train.yaml
+with `algorithm=<name>`, hyperparameters set on the keys that hold them), builds the same
+Lightning module through `metalearn.run.build`, and fits with the same Trainer. Its checkpoints
+are train.py's: `MetaLearner.load` reads train.py's, and eval.py reads those `save` writes.
+A TaskSampler draws the episodes the data module draws: `TaskSampler(split="test", seed=0)`
+gives exactly the test episodes of train.py's default `episode.eval_seed`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import Tensor, nn
+
+from metalearn.callbacks import CONFIG_KEY
+from metalearn.compose import (
+    algorithm_name,
+    apply_settings,
+    checked_choice,
+    compose_config,
+    default_output_dir,
+)
+from metalearn.config_check import check_config, check_episode_fits, component_name
+from metalearn.data.datamodule import EpisodeStream
+from metalearn.data.episodes import Episode
+from metalearn.data.task_family import SPLITS, TaskFamily
+from metalearn.errors import UserError
+from metalearn.evaluation import mean_and_ci95
+from metalearn.run import USER_BACKBONE, build, instantiate_checked, load_checkpoint, make_trainer
+
+# A support or query set: {"x": inputs, "y": targets} or (inputs, targets).
+LabelledSet = Mapping[str, Any] | Sequence[Any]
+
+
+class TaskSampler:
+    """Draws few-shot tasks from one split of a dataset.
+
+    Args:
+        dataset: a config of configs/dataset/ ("omniglot", "sinusoid").
+        n_way, k_shot, query_size: task shape; query_size counts query examples per class
+            (query points for regression).
+        split: "train", "val" or "test" (disjoint classes).
+        seed: `sample` draws the seed's stream of batches in order, and `fixed_episodes` its
+            fixed episodes; seed 0 on "test" gives train.py's test episodes (episode.eval_seed).
+        overrides: Hydra overrides of the dataset config, such as "dataset.split=lake".
+    """
+
+    def __init__(self, dataset: str = "omniglot", n_way: int = 5, k_shot: int = 1,
+                 query_size: int = 15, split: str = "train", seed: int = 0,
+                 overrides: Iterable[str] = ()):
+        if split not in SPLITS:
+            raise UserError(f"split={split!r} is not one of: {', '.join(SPLITS)}")
+        cfg = compose_config([f"dataset={checked_choice('dataset', dataset)}", *overrides],
+                             output_dir=".")
+        apply_settings(cfg, {"n_way": n_way, "k_shot": k_shot, "query_size": query_size,
+                             "train_n_way": None, "train_query_size": None})
+        check_config(cfg)
+        self.tasks: TaskFamily = instantiate_checked(cfg.dataset)
+        check_episode_fits(cfg, self.tasks)
+        self.dataset, self.dataset_config = dataset, cfg.dataset
+        self.n_way, self.k_shot, self.query_size = n_way, k_shot, query_size
+        self.split, self.seed = split, seed
+        self.batches_drawn = 0
+
+    def __repr__(self) -> str:
+        return (f"TaskSampler(dataset={self.dataset!r}, n_way={self.n_way}, k_shot={self.k_shot}, "
+                f"query_size={self.query_size}, split={self.split!r}, seed={self.seed})")
+
+    def stream(self, tasks_per_item: int, n_way: int | None = None,
+               k_shot: int | None = None) -> EpisodeStream:
+        return EpisodeStream(self.tasks, self.split, n_way or self.n_way, k_shot or self.k_shot,
+                             self.query_size, tasks_per_item, self.seed, length=2**62)
+
+    def sample(self, batch_size: int = 1) -> Episode:
+        """The next batch of `batch_size` tasks of this sampler's stream (support_x [B, N*K, ...])."""
+        check_positive("batch_size", batch_size)
+        batch = self.stream(batch_size)[self.batches_drawn]
+        self.batches_drawn += 1
+        return batch
+
+    def fixed_episodes(self, count: int, n_way: int | None = None,
+                       k_shot: int | None = None) -> Iterator[Episode]:
+        """Episodes 0..count-1 of the seed, one task each, whatever was sampled before; the
+        shape defaults to the sampler's."""
+        stream = self.stream(1, n_way, k_shot)
+        return (stream[index] for index in range(count))
+
+
+class AdaptedModel:
+    """A model adapted to one task's support set.
+
+    Calling it gives class scores [Q, N] (regression: outputs); `predict` gives the classes, and
+    `evaluate` the accuracy (regression: the mean squared error).
+    """
+
+    def __init__(self, learner: MetaLearner, predictor: Callable[[Tensor], Tensor]):
+        self.learner, self.predictor = learner, predictor
+
+    def __call__(self, x: Any) -> Tensor:
+        x = self.learner.inputs(x, "x")
+        with evaluating(self.learner.module), torch.no_grad():
+            return self.predictor(x)
+
+    def predict(self, x: Any) -> Tensor:
+        outputs = self(x)
+        return outputs.argmax(-1) if self.learner.module.task_type == "classification" else outputs
+
+    def evaluate(self, x: Any, y: Any) -> float:
+        x, y = self.learner.labelled_set((x, y), "query set")
+        return self.learner.module.episode_score(self(x).unsqueeze(0), y.unsqueeze(0)).item()
+
+
+class MetaLearner:
+    """One algorithm, built from the same config as `python train.py algorithm=<name>`.
+
+    Args:
+        algorithm: a config of configs/algorithm/ (or an alias: "prototypical").
+        model: a user's `nn.Module`. For gradient-based algorithms it is the whole learner and
+            must output one value per class (pass `output_layer=True` to add a linear layer);
+            for the others it is the embedding (the backbone). None: the config's backbone.
+        dataset: the dataset config the model is built for (its input shape and task type).
+        overrides: Hydra overrides, for keys no flat name reaches ("backbone.hidden_channels=32").
+        output_dir: where `fit` writes checkpoints and logs (default: a new run directory
+            under outputs/runs/, as train.py's).
+        **hyperparameters: settings by name, as the config calls them: the algorithm's
+            (`inner_lr`, `inner_steps`, `first_order`, `distance`, `embedding_dim`,
+            `meta_batch_size`, `outer_lr`, ...), the episode's (`n_way`, `k_shot`, `query_size`,
+            `num_tasks`, ...) and the run's (`seed`, `num_epochs`, `eval_frequency`,
+            `save_frequency`). An unknown name is an error listing the valid ones.
+
+    Building seeds torch with the config's `seed`, as train.py does before it builds.
+    """
+
+    def __init__(self, algorithm: str = "protonet", model: nn.Module | None = None, *,
+                 dataset: str = "omniglot", overrides: Iterable[str] = (),
+                 output_dir: str | os.PathLike | None = None, **hyperparameters: Any):
+        cfg = compose_config([f"algorithm={algorithm_name(algorithm)}",
+                              f"dataset={checked_choice('dataset', dataset)}", *overrides],
+                             output_dir)
+        if model is not None:
+            with open_dict(cfg):
+                cfg.backbone = {"_target_": USER_BACKBONE, "model": qualified_name(model),
+                                "flatten": cfg.backbone.get("flatten", True)}
+        if model is not None and "output_layer" in cfg.algorithm:
+            hyperparameters = {"output_layer": False, **hyperparameters}
+        apply_settings(cfg, hyperparameters, what="hyperparameter")
+        L.seed_everything(cfg.seed, verbose=False)
+        self.setup(cfg, model)
+
+    def setup(self, cfg: DictConfig, model: nn.Module | None) -> None:
+        datamodule, self.module = build(cfg, model)
+        self.config: DictConfig = cfg
+        self.tasks: TaskFamily = datamodule.tasks
+        self.optimizer = self.module.optimizer_factory(self.module.parameters(),
+                                                       lr=self.module.outer_lr)
+        self.steps_taken = 0
+
+    @property
+    def algorithm(self) -> str:
+        return component_name(self.config.algorithm)
+
+    def __repr__(self) -> str:
+        return (f"MetaLearner(algorithm={self.algorithm!r}, "
+                f"dataset={component_name(self.config.dataset)!r}, "
+                f"steps_taken={self.steps_taken})")
+
+    # Meta-training ---------------------------------------------------------------------------
+    def meta_train_step(self, tasks: Episode) -> float:
+        """One outer update on a batch of tasks (`TaskSampler.sample`); returns the loss.
+
+        Runs the algorithm's own meta-training loss, Adam (or the configured optimiser) at
+        `outer_lr`, and the config's `trainer.gradient_clip_val`; learning-rate schedules
+        (Reptile's annealing too) run in `fit`, which has an end to schedule towards.
+        """
+        batch = self.episode_batch(tasks, "tasks")
+        self.module.train()
+        loss, _ = self.module.checked_meta_train_loss(batch, self.steps_taken)
+        self.optimizer.zero_grad()
+        loss.backward()
+        clip = self.config.trainer.get("gradient_clip_val")
+        if clip:
+            nn.utils.clip_grad_norm_(self.module.parameters(), clip)
+        self.optimizer.step()
+        self.steps_taken += 1
+        return loss.item()
+
+    def fit(self, sampler: TaskSampler, steps: int | None = None,
+            epochs: int | None = None) -> dict[str, Any]:
+        """Meta-trains with a Lightning Trainer, as train.py does, on `sampler`'s tasks.
+
+        `steps` outer updates in all, split into `epochs` epochs (default 1), each followed by
+        validation on the dataset's meta-val split and a checkpoint (the best by meta-val score
+        and last.ckpt, in output_dir/checkpoints). Without `steps`, the config's
+        `num_epochs` epochs of `num_tasks` tasks. The Trainer runs its own optimiser and the
+        configured learning-rate schedule. Returns the last logged metrics and the checkpoints.
+        """
+        if not isinstance(sampler, TaskSampler) or sampler.split != "train":
+            raise UserError("fit takes a TaskSampler of the meta-train split (split='train')")
+        self.check_tasks_fit(sampler.tasks, sampler.n_way)
+        cfg = self.config.copy()
+        with open_dict(cfg):
+            cfg.dataset = sampler.dataset_config
+            cfg.seed = cfg.episode.seed = sampler.seed
+            for key in ("n_way", "k_shot", "query_size"):
+                cfg.episode[key] = getattr(sampler, key)
+            cfg.episode.train_n_way = cfg.episode.train_query_size = None
+            if epochs is not None:
+                cfg.num_epochs = check_positive("epochs", epochs)
+            if steps is not None:
+                check_positive("steps", steps)
+                cfg.num_epochs = epochs or 1
+                if steps % cfg.num_epochs:
+                    raise UserError(f"steps={steps} is not a multiple of epochs={cfg.num_epochs}")
+                cfg.episode.num_tasks = steps // cfg.num_epochs * cfg.algorithm.meta_batch_size
+        check_config(cfg)
+        check_episode_fits(cfg, sampler.tasks)
+        datamodule = instantiate(cfg.episode, tasks=sampler.tasks)
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        trainer = make_trainer(cfg, resolved)
+        trainer.fit(self.module, datamodule=datamodule)
+        self.config = cfg
+        self.steps_taken += trainer.global_step
+        checkpoints = trainer.checkpoint_callback
+        return {
+            **{name: value.item() for name, value in trainer.callback_metrics.items()},
+            "best_checkpoint": checkpoints.best_model_path if checkpoints else None,
+            "last_checkpoint": checkpoints.last_model_path if checkpoints else None,
+        }
+
+    # Adaptation --------------------------------------------------------------------------------
+    def adapt(self, support_set: LabelledSet, n_steps: int | None = None) -> AdaptedModel:
+        """Learns a task from its support set, as meta-testing does.
+
+        `n_steps`: inner steps for gradient-based algorithms (default: `test_inner_steps`;
+        0 keeps the meta-learned initialisation); the others adapt in one pass.
+        """
+        x, y = self.labelled_set(support_set, "support_set")
+        if n_steps is not None and (isinstance(n_steps, bool) or not isinstance(n_steps, int)
+                                    or n_steps < 0):
+            raise UserError(f"n_steps={n_steps!r} must be a whole number >= 0")
+        with evaluating(self.module), torch.no_grad():  # as Lightning tests
+            return AdaptedModel(self, self.module.adapt(x, y, n_steps))
+
+    def evaluate(self, adapted: AdaptedModel, query_set: LabelledSet) -> float:
+        """Accuracy of an adapted model on a query set (regression: mean squared error)."""
+        return adapted.evaluate(*self.labelled_set(query_set, "query_set"))
+
+    # Checkpoints -------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Writes a checkpoint that eval.py and `load` read; written whole or not at all."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = {
+            "state_dict": self.module.state_dict(),
+            "optimizer_states": [self.optimizer.state_dict()],
+            "global_step": self.steps_taken,
+            "pytorch-lightning_version": L.__version__,
+            CONFIG_KEY: OmegaConf.to_container(self.config, resolve=True),
+        }
+        partial = path.with_name(path.name + ".part")
+        torch.save(checkpoint, partial)
+        partial.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: nn.Module | None = None,
+             output_dir: str | os.PathLike | None = None) -> MetaLearner:
+        """A learner from a checkpoint of `save` or of train.py (with its optimiser state).
+
+        `model`: the user's network again, when it was trained with one. `output_dir`: where a
+        later `fit` writes (default: a new run directory, never the checkpoint's run).
+        """
+        checkpoint = load_checkpoint(str(path))
+        cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
+        cfg.paths.output_dir = str(output_dir or default_output_dir(cfg))
+        learner = cls.__new__(cls)
+        learner.setup(cfg, model)
+        learner.module.load_state_dict(checkpoint["state_dict"])
+        if checkpoint.get("optimizer_states"):
+            learner.optimizer.load_state_dict(checkpoint["optimizer_states"][0])
+        learner.steps_taken = checkpoint.get("global_step", 0)
+        return learner
+
+    # Inputs ------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        parameter = next(self.module.parameters(), None)
+        return torch.device("cpu") if parameter is None else parameter.device
+
+    def inputs(self, x: Any, name: str, batch_dims: int = 1) -> Tensor:
+        x = torch.as_tensor(x)
+        expected = tuple(self.tasks.input_shape)
+        if tuple(x.shape[batch_dims:]) != expected or x.dim() != len(expected) + batch_dims:
+            raise UserError(
+                f"{name} has shape {tuple(x.shape)}; this {self.algorithm} learner takes "
+                f"{'[tasks, examples' if batch_dims == 2 else '[examples'}, "
+                f"{', '.join(map(str, expected))}] ({component_name(self.config.dataset)} inputs)"
+            )
+        return x.to(self.device, torch.get_default_dtype())
+
+    def labelled_set(self, data: LabelledSet, name: str) -> tuple[Tensor, Tensor]:
+        """(x, y) from {"x": ..., "y": ...} or (x, y), checked against this learner."""
+        if isinstance(data, Mapping) and set(data) >= {"x", "y"}:
+            x, y = data["x"], data["y"]
+        elif isinstance(data, Sequence) and not isinstance(data, str) and len(data) == 2:
+            x, y = data
+        else:
+            raise UserError(f"{name} must be {{'x': inputs, 'y': targets}} or (inputs, targets); "
+                            f"got {type(data).__name__}")
+        x, y = self.inputs(x, f"{name} x"), torch.as_tensor(y).to(self.device)
+        if len(y) != len(x):
+            raise UserError(f"{name} has {len(x)} inputs but {len(y)} targets")
+        if self.module.task_type == "classification":
+            self.check_labels(y, name)
+        else:
+            y = y.to(x.dtype)
+        return x, y
+
+    def check_labels(self, y: Tensor, name: str) -> None:
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1:
+            raise UserError(f"{name} labels must be a 1-D integer tensor of classes 0..N-1")
+        if not self.module.supports_other_train_way and len(y) and (
+                y.min() < 0 or y.max() >= self.module.output_dim):
+            raise UserError(f"{name} labels must lie in 0..{self.module.output_dim - 1}: this "
+                            f"{self.algorithm} learner has {self.module.output_dim} outputs")
+
+    def episode_batch(self, tasks: Episode | Sequence[Episode], name: str) -> Episode:
+        """A batch of tasks from an Episode (batched or one task) or a list of Episodes."""
+        if isinstance(tasks, Sequence) and not isinstance(tasks, Episode) and tasks and all(
+                isinstance(task, Episode) for task in tasks):
+            return Episode(*(torch.cat(part) for part in zip(*(
+                self.episode_batch(task, name) for task in tasks))))
+        if not isinstance(tasks, Episode):
+            raise UserError(f"{name} must be the Episode of TaskSampler.sample (or a list of "
+                            f"them); got {type(tasks).__name__}")
+        one_task = tasks.support_x.dim() == len(self.tasks.input_shape) + 1
+        if one_task:
+            tasks = Episode(*(part.unsqueeze(0) for part in tasks))
+        support_x = self.inputs(tasks.support_x, f"{name} support_x", batch_dims=2)
+        query_x = self.inputs(tasks.query_x, f"{name} query_x", batch_dims=2)
+        if self.module.task_type == "classification":
+            for labels in (tasks.support_y, tasks.query_y):
+                self.check_labels(labels.flatten(), name)
+        return Episode(support_x, tasks.support_y.to(self.device), query_x,
+                       tasks.query_y.to(self.device))
+
+    def check_tasks_fit(self, tasks: TaskFamily, n_way: int) -> None:
+        if tuple(tasks.input_shape) != tuple(self.tasks.input_shape) or (
+                tasks.task_type != self.tasks.task_type):
+            raise UserError(
+                f"these tasks have {tasks.task_type} inputs of shape {tuple(tasks.input_shape)}; "
+                f"this learner was built for {component_name(self.config.dataset)} "
+                f"({self.tasks.task_type}, {tuple(self.tasks.input_shape)}): pass the sampler's "
+                "dataset to MetaLearner(dataset=...)"
+            )
+        if (tasks.task_type == "classification" and not self.module.supports_other_train_way
+                and n_way != self.module.output_dim):
+            raise UserError(f"n_way={n_way}, but this {self.algorithm} learner has "
+                            f"{self.module.output_dim} outputs, one per class; build it with "
+                            f"n_way={n_way}")
+
+
+def evaluate_few_shot(learner: MetaLearner, tasks: TaskSampler | Episode | Sequence[Episode],
+                      n_way: int = 5, k_shot: int = 1, n_episodes: int = 600) -> tuple[float, float]:
+    """Mean query accuracy over `n_episodes` episodes with its 95% confidence interval.
+
+    From a TaskSampler: its fixed episodes of `n_way` classes and `k_shot` shots (the same for
+    every learner given the same sampler settings). From tasks (an Episode batch or a list):
+    the first `n_episodes`, which must have that shape. Regression: the mean squared error.
+    """
+    check_positive("n_episodes", n_episodes)
+    if isinstance(tasks, TaskSampler):
+        learner.check_tasks_fit(tasks.tasks, n_way)
+        episodes: Iterable[Episode] = tasks.fixed_episodes(n_episodes, n_way, k_shot)
+    else:
+        batch = learner.episode_batch(tasks, "tasks")
+        if batch.num_tasks < n_episodes:
+            raise UserError(f"tasks hold {batch.num_tasks} episodes, fewer than "
+                            f"n_episodes={n_episodes}; pass a TaskSampler or fewer n_episodes")
+        if learner.module.task_type == "classification":
+            learner.check_tasks_fit(learner.tasks, n_way)
+            shape = (len(batch.support_y[0].unique()), batch.support_y.shape[1])
+            if shape != (n_way, n_way * k_shot):
+                raise UserError(f"tasks are {shape[0]}-way with {shape[1]} support examples; "
+                                f"n_way={n_way}, k_shot={k_shot} needs {n_way * k_shot}")
+        episodes = (batch.task(index) for index in range(n_episodes))
+    module = learner.module
+    with evaluating(module), torch.no_grad():
+        scores = [module.score_episodes(learner.episode_batch(episode, "tasks"))
+                  for episode in episodes]
+    return mean_and_ci95(torch.cat(scores))
+
+
+# Helpers ------------------------------------------------------------------------------------------
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the block, then the mode the module had."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def check_positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{name}={value!r} must be a whole number >= 1")
+    return value
+
+
+def qualified_name(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"

@@ -1,0 +1,155 @@
+"""meta_learning.py: a flag-style front end over the config train.py composes.
+
+Each flag sets a config key, `--set KEY=VALUE` passes any Hydra override through, and the run is
+`metalearn.run.train`, as with train.py: the same arguments give the same results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from metalearn.compose import (
+    ALGORITHM_ALIASES,
+    CONFIG_DIR,
+    algorithm_name,
+    apply_settings,
+    compose_config,
+    config_choices,
+    setting_keys,
+)
+from metalearn.errors import UserError
+from metalearn.run import run_cli, train
+
+# flag destination -> the config's setting name
+FLAG_SETTINGS = {
+    "way": "n_way", "shots": "k_shot", "query": "query_size", "inner_steps": "inner_steps",
+    "inner_lr": "inner_lr", "outer_lr": "outer_lr", "meta_batch_size": "meta_batch_size",
+    "first_order": "first_order", "epochs": "num_epochs", "seed": "seed",
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports a bad argument in one line (argparse adds the whole usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def whole_number(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} must be a whole number >= {minimum}")
+        return value
+    return parse
+
+
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be a number > 0")
+    return value
+
+
+def algorithm_summary(name: str) -> str:
+    """The first line of the algorithm config's header comment, without its file pointer."""
+    for line in (CONFIG_DIR / "algorithm" / f"{name}.yaml").read_text().splitlines():
+        if line.startswith("#") and "@package" not in line:
+            return line.lstrip("# ").split(": metalearn/")[0]
+    return ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    algorithms = config_choices("algorithm")
+    listing = "\n".join(f"  {name:<13} {algorithm_summary(name)}" for name in algorithms)
+    aliases = "\n".join(f"  {alias:<13} = {name}" for alias, name in ALGORITHM_ALIASES.items())
+    parser = OneLineParser(
+        prog="meta_learning.py",
+        description="Meta-train one algorithm, validate it, then test it on the meta-test classes "
+                    "and write results.json. The flags map onto the config train.py composes; "
+                    "--set passes any other key.",
+        epilog=f"algorithms:\n{listing}\n{aliases}\n\nexamples:\n"
+               "  python meta_learning.py --algorithm maml --shots 5 --tasks 1000 --inner-steps 5\n"
+               "  python meta_learning.py --algorithm prototypical --shots 1 --way 5 --query 15\n"
+               "  python meta_learning.py --algorithm maml --set dataset.split=lake --set "
+               "trainer=gpu",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--algorithm", default="protonet", metavar="NAME",
+                        choices=algorithms + list(ALGORITHM_ALIASES),
+                        help="one of the algorithms below (default: protonet)")
+    parser.add_argument("--dataset", default="omniglot", choices=config_choices("dataset"),
+                        help="task family (default: omniglot)")
+    parser.add_argument("--way", type=whole_number(1), help="classes per task (episode.n_way)")
+    parser.add_argument("--shots", type=whole_number(1),
+                        help="support examples per class (episode.k_shot)")
+    parser.add_argument("--query", type=whole_number(1),
+                        help="query examples per class (episode.query_size)")
+    parser.add_argument("--tasks", type=whole_number(1),
+                        help="meta-training tasks in all, spread evenly over the epochs (--epochs, "
+                             "1 when --tasks is given alone); default: the config's "
+                             "episode.num_tasks per epoch")
+    parser.add_argument("--epochs", type=whole_number(1),
+                        help="epochs, each followed by validation and a checkpoint (num_epochs)")
+    parser.add_argument("--inner-steps", type=whole_number(1),
+                        help="inner adaptation steps in meta-training (algorithm.inner_steps)")
+    parser.add_argument("--inner-lr", type=positive_number, help="algorithm.inner_lr")
+    parser.add_argument("--outer-lr", type=positive_number, help="algorithm.outer_lr")
+    parser.add_argument("--meta-batch-size", type=whole_number(1),
+                        help="tasks per outer update (algorithm.meta_batch_size)")
+    parser.add_argument("--first-order", action="store_true", default=None,
+                        help="drop second-order terms (algorithm.first_order=true)")
+    parser.add_argument("--seed", type=whole_number(0), help="seed of the run (default: 42)")
+    parser.add_argument("--output-dir", type=Path,
+                        help="run directory (default: outputs/runs/<algorithm>_<dataset>/<time>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any Hydra override, such as dataset.split=lake or trainer=gpu; "
+                             "repeatable")
+    return parser
+
+
+def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    settings = {FLAG_SETTINGS[flag]: value for flag, value in vars(args).items()
+                if flag in FLAG_SETTINGS and value is not None}
+    if args.tasks is not None:
+        epochs = args.epochs or 1
+        if args.tasks % epochs:
+            parser.error(f"--tasks {args.tasks} is not a multiple of --epochs {epochs}")
+        settings.update(num_tasks=args.tasks // epochs, num_epochs=epochs)
+    return settings
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    algorithm = algorithm_name(args.algorithm)
+    cfg = compose_config([f"algorithm={algorithm}", f"dataset={args.dataset}", *args.set],
+                         args.output_dir)
+    settings = settings_from(args, parser)
+    known = setting_keys(cfg)
+    for flag, name in FLAG_SETTINGS.items():
+        if name in settings and name not in known:
+            raise UserError(f"--{flag.replace('_', '-')} does not apply to {algorithm} "
+                            f"(it has no {name} setting)")
+    apply_settings(cfg, settings)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
+                        handlers=[logging.StreamHandler(), logging.FileHandler(output_dir / "train.log")])
+    return train(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_cli(run, args, parser)
