@@ -18,7 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
@@ -125,9 +125,10 @@ class MetaLearner:
 
     Args:
         algorithm: a config of configs/algorithm/ (or an alias: "prototypical").
-        model: a user's `nn.Module`. For gradient-based algorithms it is the whole learner and
-            must output one value per class (pass `output_layer=True` to add a linear layer);
-            for the others it is the embedding (the backbone). None: the config's backbone.
+        model: a user's `nn.Module`. For algorithms that adapt a whole network (MAML, FOMAML,
+            Meta-SGD, Reptile, the LSTM meta-learner) it is the whole learner and must output one
+            value per class (pass `output_layer=True` to add a linear layer); for the others it
+            is the embedding (the backbone), ANIL's included. None: the config's backbone.
         dataset: the dataset config the model is built for (its input shape and task type).
         overrides: Hydra overrides, for keys no flat name reaches ("backbone.hidden_channels=32").
         output_dir: where `fit` writes checkpoints and logs (default: a new run directory
@@ -151,7 +152,7 @@ class MetaLearner:
             with open_dict(cfg):
                 cfg.backbone = {"_target_": USER_BACKBONE, "model": qualified_name(model),
                                 "flatten": cfg.backbone.get("flatten", True)}
-        if model is not None and "output_layer" in cfg.algorithm:
+        if model is not None and get_class(cfg.algorithm._target_).user_network_is_learner:
             hyperparameters = {"output_layer": False, **hyperparameters}
         apply_settings(cfg, hyperparameters, what="hyperparameter")
         L.seed_everything(cfg.seed, verbose=False)
@@ -295,6 +296,15 @@ class MetaLearner:
         return learner
 
     # Inputs ------------------------------------------------------------------------------------
+    def to(self, device: str | torch.device) -> MetaLearner:
+        """Moves the model and the optimiser's state to `device` ("cuda", "cpu"); inputs follow."""
+        self.module.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, Tensor):
+                    state[key] = value.to(device)
+        return self
+
     @property
     def device(self) -> torch.device:
         parameter = next(self.module.parameters(), None)

@@ -116,6 +116,15 @@ def test_maml_adapt_takes_n_steps_of_sgd_on_the_support_set():
     assert learner.evaluate(adapted, task.query) == pytest.approx(expected)
 
 
+def test_anil_takes_a_user_network_as_its_body():
+    net = conv_net(64)
+    learner = MetaLearner("anil", model=net, overrides=LAKE)
+    assert learner.module.body.model is net
+    assert learner.module.learner.module.in_features == 64  # the layer ANIL adds and adapts
+    task = TaskSampler(overrides=LAKE).sample().task(0)
+    assert learner.adapt(task.support, n_steps=1)(task.query_x).shape == (75, 5)
+
+
 @pytest.mark.slow
 def test_readme_example_runs_and_its_maml_learner_adapts(tmp_path, monkeypatch):
     """The README's API example, run as written; then its meta-trained MAML on the user's own
@@ -278,7 +287,8 @@ def test_meta_learning_py_bad_arguments_are_one_line(argv, message, capsys):
      "values per example"),
     (lambda: MetaLearner("protonet", model=nn.Linear(10, 4)), "model Linear cannot take a batch "
                                                               "of inputs of shape (1, 28, 28)"),
-    (lambda: MetaLearner("anil", model=conv_net(5)), "anil adapts only the output layer"),
+    (lambda: MetaLearner("anil", model=conv_net(5), output_layer=False),
+     "anil adapts only the output layer"),
     (lambda: TaskSampler(k_shot=0), "episode.k_shot=0 must be a whole number >= 1"),
     (lambda: TaskSampler(split="validation"), "split='validation' is not one of: train, val, test"),
     (lambda: TaskSampler(n_way=2000), "episode.n_way=2000 is more than the"),

@@ -17,6 +17,7 @@ from metalearn.errors import UserError
 
 class ANIL(MAML):
     supported_task_types = ("classification",)
+    user_network_is_learner = False  # the network is the body; ANIL adapts the layer it adds
 
     def split_model(self, backbone: nn.Module, output_layer: bool) -> tuple[nn.Module, nn.Module]:
         if not output_layer:

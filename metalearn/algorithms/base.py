@@ -54,6 +54,10 @@ class EpisodicModule(L.LightningModule):
     #: whether meta-training tasks may have another number of classes than test tasks
     #: (False where an output layer has one unit per class).
     supports_other_train_way: bool = False
+    #: whether a user's network given to the Python API is the whole learner (with
+    #: `output_layer=False`), as for algorithms that adapt a whole network; otherwise it is the
+    #: embedding, and the algorithm adds what it needs on top.
+    user_network_is_learner: bool = False
 
     def __init__(
         self,

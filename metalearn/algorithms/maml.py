@@ -52,6 +52,7 @@ def inner_loop(
 
 class MAML(EpisodicModule):
     supported_task_types = ("classification", "regression")
+    user_network_is_learner = True
 
     def __init__(
         self,

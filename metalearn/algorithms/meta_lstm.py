@@ -77,6 +77,8 @@ class MetaLearnerState(NamedTuple):
 
 
 class MetaLSTM(EpisodicModule):
+    user_network_is_learner = True
+
     def __init__(
         self,
         backbone: nn.Module,

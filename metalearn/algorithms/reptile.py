@@ -67,6 +67,7 @@ def mean_weights(modules: list[nn.Module]) -> dict[str, Tensor]:
 
 class Reptile(EpisodicModule):
     supported_task_types = ("classification", "regression")
+    user_network_is_learner = True
 
     def __init__(
         self,
