@@ -26,9 +26,12 @@ from metalearn.config_check import (
     check_episode_fits,
     component_name,
 )
+from metalearn.config_tree import print_config_tree
 from metalearn.data.datamodule import EpisodicDataModule
 from metalearn.errors import UserError
+from metalearn.loggers import log_config, log_results
 from metalearn.models.backbones import UserBackbone
+from metalearn.plots import write_report
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +157,10 @@ def train(cfg: DictConfig) -> dict:
     datamodule, model = build(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    print_config_tree(cfg, output_dir / "config_tree.log")
 
     trainer = make_trainer(cfg, resolved)
+    log_config(trainer.loggers, resolved)
     trainer.fit(model, datamodule=datamodule,
                 ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir))
 
@@ -167,15 +172,21 @@ def train(cfg: DictConfig) -> dict:
     trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
 
     record = results_record(cfg, model.test_results)
+    best_score = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score
+    if best_score is not None:
+        # the best meta-val score of the run: what hyperparameter searches optimise
+        record[f"best_{cfg.monitor.replace('/', '_')}"] = best_score.item()
     record.update(
         seed=cfg.seed,
         tested_checkpoint=test_ckpt,
         train_steps=trainer.global_step,
         wall_time_s=round(time.time() - started, 1),
     )
-    write_json(output_dir / "results.json", record)
-    print(describe(record))
-    print(f"Results: {output_dir / 'results.json'}")
+    if trainer.is_global_zero:  # under DDP every process gets here with the same record
+        write_json(output_dir / "results.json", record)
+        print(describe(record))
+        print(f"Results: {output_dir / 'results.json'}")
+        log_results(trainer.loggers, record, write_report(output_dir, record, trainer))
     return record
 
 

@@ -2,43 +2,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metalearn.data.episodes import Episode, seeded_generator
 from metalearn.data.task_family import SPLITS, TaskFamily
+from metalearn.errors import UserError
 
 
 class EpisodeStream(Dataset):
     """Item i is a batch of `tasks_per_item` tasks drawn with seeded_generator(seed, split, i).
 
     Any item can be regenerated on its own, so the stream is the same whatever the number of
-    workers, the batch size of the loader, or the step a run resumes from.
+    workers, the batch size of the loader, or the step a run resumes from. With several
+    processes (DDP), every rank draws the whole batch and keeps its share of the tasks,
+    `rank::world_size`, so together they train on exactly the tasks one process would.
     """
 
     def __init__(self, tasks: TaskFamily, split: str, n_way: int, k_shot: int, query_size: int,
-                 tasks_per_item: int, seed: int, length: int):
+                 tasks_per_item: int, seed: int, length: int, rank: int = 0, world_size: int = 1):
         self.tasks, self.split = tasks, split
         self.shape = (n_way, k_shot, query_size)
         self.tasks_per_item, self.seed, self.length = tasks_per_item, seed, length
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> Episode:
         generator = seeded_generator(self.seed, SPLITS.index(self.split), index)
-        return self.tasks.sample(self.split, *self.shape, self.tasks_per_item, generator)
+        batch = self.tasks.sample(self.split, *self.shape, self.tasks_per_item, generator)
+        if self.world_size == 1:
+            return batch
+        return Episode(*(part[self.rank::self.world_size] for part in batch))
 
 
 class EpochSampler(Sampler[int]):
     """Yields items epoch * n .. epoch * n + n - 1, so every epoch meets fresh tasks.
 
-    Lightning calls set_epoch at the start of each training epoch.
+    Lightning calls set_epoch at the start of each training epoch. A run resumed in the middle
+    of an epoch starts from `resume_from`, the next item of the interrupted run, once.
     """
 
-    def __init__(self, items_per_epoch: int):
-        self.items_per_epoch, self.epoch = items_per_epoch, 0
+    def __init__(self, items_per_epoch: int, resume_from: int | None = None):
+        self.items_per_epoch, self.epoch, self.resume_from = items_per_epoch, 0, resume_from
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -48,7 +58,46 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self):
         start = self.epoch * self.items_per_epoch
-        return iter(range(start, start + self.items_per_epoch))
+        if self.resume_from is not None:
+            # Lightning does not call set_epoch when it resumes inside an epoch
+            self.epoch, start = self.resume_from // self.items_per_epoch, self.resume_from
+            self.resume_from = None
+        return iter(range(start, (self.epoch + 1) * self.items_per_epoch))
+
+
+class ResumableLoader(DataLoader):
+    """The meta-training loader. Its state, the next item of the episode stream, travels in
+    Lightning's checkpoints, so a run resumed inside an epoch meets the tasks it would have met.
+
+    Item i is outer step i: one meta-batch per step, every epoch the same length.
+    """
+
+    # **loader_args: Lightning rebuilds loaders with other samplers (trainer.overfit_batches)
+    def __init__(self, dataset: EpisodeStream, items_done: Callable[[], int], **loader_args):
+        super().__init__(dataset, **loader_args)
+        self.items_done = items_done
+
+    def state_dict(self) -> dict[str, int]:
+        return {"next_train_item": self.items_done()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if isinstance(self.sampler, EpochSampler):
+            self.sampler.resume_from = state["next_train_item"]
+
+
+class RankSampler(Sampler[int]):
+    """This rank's share of the evaluation episodes: items rank, rank + world_size, ... .
+
+    Each episode is scored by one rank; the per-episode scores are gathered before averaging."""
+
+    def __init__(self, length: int, rank: int, world_size: int):
+        self.items = range(rank, length, world_size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
 
 
 def concat_episodes(items: list[Episode]) -> Episode:
@@ -90,22 +139,40 @@ class EpisodicDataModule(LightningDataModule):
         self.eval_seed, self.seed = eval_seed, seed
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
 
+
     @property
     def steps_per_epoch(self) -> int:
         return max(1, self.num_tasks // self.meta_batch_size)
 
+    def ranks(self) -> tuple[int, int]:
+        """(this process's rank, number of processes) under the trainer; (0, 1) without one."""
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
+        rank, world_size = self.ranks()
+        if self.meta_batch_size % world_size:
+            raise UserError(
+                f"algorithm.meta_batch_size={self.meta_batch_size} cannot be split evenly over "
+                f"{world_size} processes; use a multiple of {world_size}"
+            )
         stream = EpisodeStream(self.tasks, "train", self.train_n_way, self.k_shot,
                                self.train_query_size, self.meta_batch_size, self.seed,
-                               self.steps_per_epoch)
-        return DataLoader(stream, batch_size=None, sampler=EpochSampler(self.steps_per_epoch),
-                          num_workers=self.num_workers)
+                               self.steps_per_epoch, rank, world_size)
+        return ResumableLoader(stream, self.train_items_done, batch_size=None,
+                               sampler=EpochSampler(self.steps_per_epoch),
+                               num_workers=self.num_workers)
+
+    def train_items_done(self) -> int:
+        trainer = self.trainer
+        return trainer.global_step * trainer.accumulate_grad_batches if trainer else 0
 
     def eval_dataloader(self, split: str, episodes: int) -> DataLoader:
         # One task per item, so the episodes do not depend on eval_batch_size.
         stream = EpisodeStream(self.tasks, split, self.n_way, self.k_shot, self.query_size, 1,
                                self.eval_seed, episodes)
         return DataLoader(stream, batch_size=self.eval_batch_size, collate_fn=concat_episodes,
+                          sampler=RankSampler(episodes, *self.ranks()),
                           num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,0 +1,104 @@
+"""The run's report in its directory: learning curves (plots/learning_curves.png) and the results
+table (results.md)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+Row = dict[str, float]  # one logging event: "step" and the metrics logged then
+
+
+class MetricHistory(Callback):
+    """Collects the training and meta-val metrics by step: the learning curves' source when no CSV
+    logger writes metrics.csv (debug=fdr, logger=tensorboard, ~logger)."""
+
+    def __init__(self):
+        self.rows: list[Row] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.record(trainer, "train/")
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.record(trainer, "val/")
+
+    def record(self, trainer: L.Trainer, prefix: str) -> None:
+        metrics = {key: float(value) for key, value in trainer.callback_metrics.items()
+                   if key.startswith(prefix)}
+        self.rows.append({"step": trainer.global_step, **metrics})
+
+
+def csv_rows(path: Path) -> list[Row]:
+    """metrics.csv as rows, each with only the metrics it holds."""
+    with path.open(newline="") as file:
+        return [{key: float(value) for key, value in row.items() if value != ""}
+                for row in csv.DictReader(file)]
+
+
+def logged_rows(trainer: L.Trainer) -> list[Row]:
+    """The CSV logger's metrics.csv when it was written, else what MetricHistory collected."""
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger) and (Path(logger.log_dir) / "metrics.csv").is_file():
+            return csv_rows(Path(logger.log_dir) / "metrics.csv")
+    history = next((c for c in trainer.callbacks if isinstance(c, MetricHistory)), None)
+    return history.rows if history else []
+
+
+def series(rows: list[Row], *keys: str) -> list[tuple[float, ...]]:
+    """(step, *values) for each row holding all of `keys`."""
+    return [(row["step"], *(row[key] for key in keys)) for row in rows
+            if all(key in row for key in keys)]
+
+
+def not_logged(axes) -> None:
+    axes.text(0.5, 0.5, "not logged", ha="center", va="center", transform=axes.transAxes)
+
+
+def plot_learning_curves(rows: list[Row], path: Path) -> None:
+    """Training loss, and the meta-val score with its 95% confidence band, against the step."""
+    score = next((key for row in rows for key in row
+                  if key.startswith("val/") and not key.endswith("_ci95")), "val/score")
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    FigureCanvasAgg(figure)  # renders to PNG without pyplot or a display
+    loss_axes, score_axes = figure.subplots(1, 2)
+    loss = series(rows, "train/loss")
+    if loss:
+        loss_axes.plot(*zip(*loss), marker="." if len(loss) < 20 else None)  # few: show points
+    else:  # a run shorter than trainer.log_every_n_steps logs no training loss to metrics.csv
+        not_logged(loss_axes)
+    loss_axes.set(title="meta-training loss", xlabel="step", ylabel="train/loss")
+    scored = series(rows, score, f"{score}_ci95")
+    if scored:
+        steps, means, ci95 = zip(*scored)
+        score_axes.plot(steps, means, marker="o", label=score)
+        score_axes.fill_between(steps, [m - c for m, c in zip(means, ci95)],
+                                [m + c for m, c in zip(means, ci95)], alpha=0.3, label="95% CI")
+        score_axes.legend()
+    else:
+        not_logged(score_axes)
+    score_axes.set(title="meta-validation", xlabel="step", ylabel=score)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+
+
+def results_table(record: Mapping) -> str:
+    """The results record as a Markdown table, values as results.json holds them."""
+    cells = {key: str(value).replace("|", r"\|") for key, value in record.items()}
+    lines = ["| result | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in cells.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(output_dir: Path, record: dict, trainer: L.Trainer) -> list[Path]:
+    """Writes results.md and plots/learning_curves.png into the run dir; returns the plots."""
+    (output_dir / "results.md").write_text(results_table(record))
+    plot = output_dir / "plots" / "learning_curves.png"
+    plot_learning_curves(logged_rows(trainer), plot)
+    return [plot]

@@ -1,0 +1,155 @@
+"""Exact resume after a SIGKILL, bf16 mixed precision on the CPU, and 2-process CPU DDP against one
+process on the same tasks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metalearn.run import build, train
+from tests.conftest import ROOT, make_config
+
+TINY = ["dataset.split=lake", "dataset.rotations=false", "episode.val_episodes=10",
+        "episode.test_episodes=20", "trainer.deterministic=true", "seed=3"]
+
+
+def train_py(*overrides: str, wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
+    command = [sys.executable, "train.py", *overrides]
+    if wait:
+        return subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def last_state(run_dir: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                            weights_only=False)
+    return checkpoint["state_dict"]
+
+
+def saved_step(path: Path) -> int:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+    except (FileNotFoundError, RuntimeError, EOFError):
+        return -1
+
+
+# Exact resume ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
+    # 2 epochs of 40 outer steps; last.ckpt every 5 steps
+    overrides = ["algorithm=protonet", "episode.num_tasks=40", "num_epochs=2",
+                 "backbone.hidden_channels=32", "callbacks=step_checkpoints",
+                 "callbacks.step_checkpoint.every_n_train_steps=5", "~logger", *TINY]
+    train_py(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
+
+    killed = tmp_path / "killed"
+    process = train_py(*overrides, f"hydra.run.dir={killed}", wait=False)
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while saved_step(last) < 50 and time.time() < deadline:  # 10 steps into the second epoch
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    interrupted_at = saved_step(last)
+    assert 50 <= interrupted_at < 80 and interrupted_at % 40 != 0  # inside the second epoch
+    assert not (killed / "results.json").exists()
+
+    train_py(*overrides, f"hydra.run.dir={killed}", "ckpt_path=last")
+    whole, resumed = last_state(tmp_path / "whole"), last_state(killed)
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+    expected = json.loads((tmp_path / "whole" / "results.json").read_text())
+    result = json.loads((killed / "results.json").read_text())
+    for key in ("test_acc", "test_acc_ci95", "best_val_acc", "train_steps"):
+        assert result[key] == expected[key], key
+
+
+def test_the_stream_position_is_saved_and_resumes_inside_the_epoch(tmp_path):
+    datamodule, _ = build(make_config(["episode.num_tasks=10", *TINY], tmp_path))
+    loader = datamodule.train_dataloader()
+    assert loader.state_dict() == {"next_train_item": 0}
+    loader.load_state_dict({"next_train_item": 13})  # epoch 1 of 10 items, 3 done
+    assert list(loader.sampler) == list(range(13, 20))  # without set_epoch, as Lightning resumes
+    loader.sampler.set_epoch(2)  # later epochs are whole again
+    assert list(loader.sampler) == list(range(20, 30))
+
+
+# Mixed precision -------------------------------------------------------------------------------
+def test_bf16_autocast_keeps_weights_and_maml_inner_loop_in_float32(tmp_path):
+    cfg = make_config(["algorithm=maml", "algorithm.meta_batch_size=2",
+                       "backbone.hidden_channels=16", *TINY], tmp_path)
+    datamodule, model = build(cfg)
+    batch = next(iter(datamodule.train_dataloader()))
+    full, _ = model.meta_train_loss(batch)
+    activations = []
+    model.learner.module[0].register_forward_hook(lambda m, i, out: activations.append(out.dtype))
+    adapted_dtypes = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what precision=bf16-mixed runs under
+        mixed, _ = model.meta_train_loss(batch)
+        clone = model.learner.clone()
+        clone.adapt(F.cross_entropy(clone(batch.support_x[0]), batch.support_y[0]))
+        adapted_dtypes = {p.dtype for p in clone.parameters()}
+    assert torch.bfloat16 in activations  # the convolutions ran in bf16
+    assert adapted_dtypes == {torch.float32}  # the inner-loop weights stay float32
+    assert mixed.dtype == torch.float32 and torch.isfinite(mixed)
+    assert abs(mixed.item() - full.item()) < 0.05 * full.item()
+    mixed.backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_bf16_mixed_training_on_cpu_learns(tmp_path):
+    record = train(make_config(["algorithm=protonet", "trainer.precision=bf16-mixed",
+                                "episode.num_tasks=150", "num_epochs=1",
+                                "backbone.hidden_channels=32", "episode.test_episodes=100",
+                                *TINY], tmp_path))
+    assert record["test_acc"] >= 0.6, record  # chance is 0.2
+
+
+# Data parallel ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["protonet", "maml"])
+def test_two_process_cpu_ddp_matches_one_process(tmp_path, algorithm):
+    """Each rank takes half of every meta-batch and DDP averages the gradients: the weights must
+    be those of one process training on the whole meta-batches.
+
+    The outer optimiser is SGD here: Adam divides by the gradient's magnitude, so the float noise
+    of parameters whose gradient is zero in exact arithmetic (conv biases before BatchNorm) would
+    become whole steps, different in the two runs."""
+    overrides = [f"algorithm={algorithm}", "algorithm.meta_batch_size=4", "episode.num_tasks=24",
+                 "algorithm.optimizer._target_=torch.optim.SGD", "algorithm.outer_lr=0.05",
+                 "num_epochs=1", "backbone.hidden_channels=16", "episode.train_n_way=null",
+                 "episode.train_query_size=null", "test_ckpt=last", "~logger", *TINY]
+    if algorithm == "maml":
+        overrides += ["algorithm.test_inner_steps=1"]
+    train_py(*overrides, f"hydra.run.dir={tmp_path / 'one'}")
+    ddp = train_py(*overrides, "trainer=ddp_cpu", f"hydra.run.dir={tmp_path / 'two'}")
+    assert "distributed_backend=gloo" in ddp.stderr + ddp.stdout
+    assert "All distributed processes registered. Starting with 2 processes" in (
+        ddp.stderr + ddp.stdout)
+
+    one, two = last_state(tmp_path / "one"), last_state(tmp_path / "two")
+    # BatchNorm running averages are rank 0's under DDP; the learned weights must agree
+    weights = [name for name in one if not name.endswith(
+        ("running_mean", "running_var", "num_batches_tracked"))]
+    for name in weights:
+        assert torch.allclose(one[name], two[name], rtol=1e-4, atol=1e-5), name
+    start = build(make_config(overrides, tmp_path))[1].state_dict()
+    assert any(not torch.allclose(start[name], one[name]) for name in weights)  # it trained
+
+    single = json.loads((tmp_path / "one" / "results.json").read_text())
+    double = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert double["train_steps"] == single["train_steps"] == 6
+    if algorithm == "maml":  # test-time BatchNorm uses each task's batch: scores must agree
+        assert double["test_acc"] == pytest.approx(single["test_acc"], abs=0.02)

@@ -1,0 +1,224 @@
+"""Multirun sweeps: the summary of a sweep's jobs, Optuna searches, and the joblib and submitit
+launchers. The training runs are tiny: they check the plumbing, not what is learned."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+
+from metalearn.compose import CONFIG_DIR
+from metalearn.errors import UserError
+from metalearn.sweeps import FAILED, SweepSummary, optimized_value
+from tests.conftest import ROOT
+
+# A few seconds of meta-training per job on 2 CPU cores.
+TINY = ["dataset.split=lake", "dataset.rotations=false", "episode.num_tasks=8", "num_epochs=1",
+        "episode.val_episodes=4", "episode.test_episodes=8", "backbone.hidden_channels=8",
+        "algorithm.meta_batch_size=2"]
+
+
+def run_multirun(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python train.py -m <TINY> <overrides>` with its sweep dir at sweep_dir."""
+    return subprocess.run(
+        [sys.executable, "train.py", "-m", *TINY, *overrides, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+        timeout=300, check=False)
+
+
+def multirun(sweep_dir: Path, *overrides: str) -> str:
+    """Runs a multirun that must succeed; returns its output."""
+    done = run_multirun(sweep_dir, *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """The job directories of a sweep (named by job number), in job order."""
+    return sorted((path for path in sweep_dir.iterdir() if path.name.isdigit()),
+                  key=lambda path: int(path.name))
+
+
+def job_overrides(job_dir: Path) -> dict[str, str]:
+    """The task overrides of a job, as {key: value}."""
+    overrides = OmegaConf.load(job_dir / ".hydra/overrides.yaml")
+    return dict(override.split("=", 1) for override in overrides)
+
+
+def results(job_dir: Path) -> dict:
+    return json.loads((job_dir / "results.json").read_text())
+
+
+def summary_csv(sweep_dir: Path) -> list[dict[str, str]]:
+    with open(sweep_dir / "summary.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def summary_md(sweep_dir: Path) -> list[dict[str, str]]:
+    """The rows of summary.md's table, as {column: cell}."""
+    header, separator, *rows = (sweep_dir / "summary.md").read_text().splitlines()
+    assert separator.startswith("|---|")
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    return [dict(zip(columns, (cell.strip() for cell in row.strip("|").split("|"))))
+            for row in rows]
+
+
+def compose_with_hydra(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=True)
+
+
+# The summary ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_grid_sweep_runs_every_job_and_summarises_it(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    multirun(sweep_dir, "algorithm=maml,protonet", "episode.k_shot=1,5")
+
+    jobs = job_dirs(sweep_dir)
+    assert len(jobs) == 4
+    rows, md_rows = summary_csv(sweep_dir), summary_md(sweep_dir)
+    assert len(rows) == len(md_rows) == 4
+    grid = set()
+    for job, row, md_row in zip(jobs, rows, md_rows):
+        chosen, record = job_overrides(job), results(job)
+        assert record["algorithm"] == chosen["algorithm"]
+        assert record["k_shot"] == int(chosen["episode.k_shot"])
+        grid.add((record["algorithm"], record["k_shot"]))
+
+        assert row["job"] == md_row["job"] == job.name
+        assert row["dir"] == md_row["dir"] == job.name
+        assert row["overrides"] == " ".join(f"{key}={value}" for key, value in chosen.items())
+        assert row["status"] == md_row["status"] == "ok"
+        for key in ("test_acc", "test_acc_ci95", "best_val_acc"):
+            assert float(row[key]) == record[key]
+            assert md_row[key] == f"{record[key]:.4f}"
+    assert grid == {("maml", 1), ("maml", 5), ("protonet", 1), ("protonet", 5)}
+
+
+def write_fake_job(sweep_dir: Path, num: int, record: dict | None) -> None:
+    """A job dir as Hydra leaves it; `record` is its results.json (None: the job failed)."""
+    job_dir = sweep_dir / str(num)
+    (job_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"hydra": {"job": {"num": num}}}, job_dir / ".hydra/hydra.yaml")
+    OmegaConf.save([f"episode.k_shot={num}", "algorithm=maml"], job_dir / ".hydra/overrides.yaml")
+    if record is not None:
+        (job_dir / "results.json").write_text(json.dumps(record))
+
+
+def test_summary_lists_a_failed_job_and_orders_jobs_by_number(tmp_path):
+    ok = {"test_acc": 0.5, "test_acc_ci95": 0.25, "best_val_acc": 0.75, "train_steps": 4}
+    write_fake_job(tmp_path, 10, ok)
+    write_fake_job(tmp_path, 2, None)
+    write_fake_job(tmp_path, 0, ok)
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    summary = SweepSummary()
+    summary.on_multirun_start(config)
+    summary.on_multirun_end(config)
+
+    rows = summary_csv(tmp_path)
+    assert [row["job"] for row in rows] == ["0", "2", "10"]  # numeric order, not "10" < "2"
+    assert list(rows[0]) == ["job", "overrides", "status", "test_acc", "test_acc_ci95",
+                             "best_val_acc", "dir"]
+    assert rows[0]["overrides"] == "episode.k_shot=0 algorithm=maml"
+    assert rows[0]["status"] == "ok" and float(rows[0]["best_val_acc"]) == 0.75
+    assert rows[1]["status"] == FAILED
+    assert rows[1]["test_acc"] == rows[1]["best_val_acc"] == ""
+    md_rows = summary_md(tmp_path)
+    assert [row["status"] for row in md_rows] == ["ok", FAILED, "ok"]
+    assert md_rows[2]["test_acc"] == "0.5000" and md_rows[2]["dir"] == "10"
+
+
+def test_sweep_stopped_by_a_user_error_still_gets_its_summary(tmp_path):
+    # A user mistake ends the sweep (exit status 2), so Hydra never calls on_multirun_end.
+    sweep_dir = tmp_path / "sweep"
+    done = run_multirun(sweep_dir, "episode.k_shot=30")
+    assert done.returncode == 2
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: episode.k_shot + episode.query_size")
+    [row] = summary_csv(sweep_dir)
+    assert row["status"] == FAILED and "episode.k_shot=30" in row["overrides"]
+
+
+# Hyperparameter search --------------------------------------------------------------------------
+@pytest.mark.parametrize("search,algorithm", [
+    ("protonet_optuna", "protonet"), ("maml_optuna", "maml"), ("metasgd_optuna", "metasgd"),
+    ("mann_optuna", "mann"),
+])
+def test_search_configs_search_real_keys_of_their_algorithm(search, algorithm):
+    cfg = compose_with_hydra([f"hparams_search={search}"])
+    assert cfg.algorithm._target_.split(".")[-2] == algorithm
+    assert cfg.optimized_metric == "best_val_acc"
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert cfg.hydra.sweeper.direction == "maximize"
+    assert cfg.hydra.mode.name == "MULTIRUN"
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key) is not None, f"{search} searches {key}, not in the config"
+
+
+def test_objective_is_the_optimized_metric_of_the_record():
+    record = {"test_acc": 0.5, "best_val_acc": 0.75, "k_shot": 1}
+    assert optimized_value(OmegaConf.create({"optimized_metric": "best_val_acc"}), record) == 0.75
+    assert optimized_value(OmegaConf.create({"optimized_metric": None}), record) is None
+    with pytest.raises(UserError) as caught:
+        optimized_value(OmegaConf.create({"optimized_metric": "val_acc"}), record)
+    assert str(caught.value) == ("optimized_metric='val_acc' is not in this run's results; "
+                                 "use one of: test_acc, best_val_acc")
+
+
+@pytest.mark.slow
+def test_optuna_search_reports_the_best_trial(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    multirun(sweep_dir, "hparams_search=protonet_optuna", "hydra.sweeper.n_trials=2")
+
+    jobs = job_dirs(sweep_dir)
+    assert len(jobs) == 2
+    scores = [results(job)["best_val_acc"] for job in jobs]
+    found = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    assert found.best_value == max(scores)
+    best_trial = job_overrides(jobs[scores.index(max(scores))])
+    for key, value in found.best_params.items():
+        assert best_trial[key] == str(value)
+    assert len(summary_csv(sweep_dir)) == 2
+
+
+# Launchers --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_submitit_local_runs_each_job_as_a_submitit_job(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    multirun(sweep_dir, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=3",
+             "episode.k_shot=1,5")
+
+    assert [results(job)["k_shot"] for job in job_dirs(sweep_dir)] == [1, 5]
+    # submitit keeps one folder per job with the job's own output and pickled result
+    submitted = [folder for folder in (sweep_dir / ".submitit").iterdir() if folder.name.isdigit()]
+    assert len(submitted) == 2
+    for folder in submitted:
+        assert list(folder.glob("*_result.pkl"))
+        assert "Results: " in next(folder.glob("*_log.out")).read_text()
+
+
+@pytest.mark.slow
+def test_joblib_runs_jobs_in_parallel_workers(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    output = multirun(sweep_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                      "episode.k_shot=1,5")
+
+    assert "Joblib.Parallel(n_jobs=2," in output
+    assert [results(job)["k_shot"] for job in job_dirs(sweep_dir)] == [1, 5]
+    assert [row["status"] for row in summary_csv(sweep_dir)] == ["ok", "ok"]
+
+
+def test_slurm_launcher_config_composes():
+    launcher = compose_with_hydra(["hydra/launcher=slurm", "hydra.launcher.nodes=2"]).hydra.launcher
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+    assert launcher.nodes == 2
+    assert launcher.timeout_min == 240 and launcher.gpus_per_node == 1
+    assert launcher.submitit_folder.endswith("/.submitit/%j")
