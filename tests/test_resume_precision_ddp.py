@@ -151,5 +151,8 @@ def test_two_process_cpu_ddp_matches_one_process(tmp_path, algorithm):
     single = json.loads((tmp_path / "one" / "results.json").read_text())
     double = json.loads((tmp_path / "two" / "results.json").read_text())
     assert double["train_steps"] == single["train_steps"] == 6
-    if algorithm == "maml":  # test-time BatchNorm uses each task's batch: scores must agree
-        assert double["test_acc"] == pytest.approx(single["test_acc"], abs=0.02)
+    if algorithm == "maml":
+        # test-time BatchNorm uses each task's batch, so the same weights give the same scores;
+        # the ranks' halves of the test episodes must be gathered for the mean and interval
+        assert double["test_acc"] == pytest.approx(single["test_acc"], abs=1e-6)
+        assert double["test_acc_ci95"] == pytest.approx(single["test_acc_ci95"], abs=1e-6)
