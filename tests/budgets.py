@@ -43,13 +43,14 @@ OMNIGLOT["reptile"] = [
     "episode.test_episodes=200", "seed=1",
 ]
 
-# The sinusoid: 1,200 outer steps (400 per epoch) of the MAML paper's setup.
-# First-order MAML gains less per step on this task: 2,000 steps keep its margin.
+# The sinusoid: 800 outer steps (400 per epoch) of the MAML paper's setup; first-order MAML gains
+# less per step, so 1,200. Measured: adapted MSE 0.89 (maml, fomaml) and 0.41 (metasgd) against
+# 2.9 before adapting, 3.7 for a random initialisation adapted alike; the tests ask for a third.
 SINUSOID = {
     name: ["experiment=maml_sinusoid", f"algorithm={name}", f"num_epochs={epochs}",
            "episode.num_tasks=10000", "episode.val_episodes=100", "episode.test_episodes=200",
            "seed=3"]
-    for name, epochs in (("maml", 3), ("fomaml", 5), ("metasgd", 3))
+    for name, epochs in (("maml", 2), ("fomaml", 3), ("metasgd", 2))
 }
 # Meta-SGD's learned rates are for its one training step (the experiment tests with 10).
 SINUSOID["metasgd"].append("algorithm.test_inner_steps=1")
