@@ -44,6 +44,8 @@ def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
             position += block - position % block
             continue
         _, length, kind = struct.unpack("<IHB", data[position:position + header])
+        if position + header + length > len(data):  # still being written
+            break
         pending += data[position + header:position + header + length]
         position += header + length
         if kind in (1, 4):
@@ -52,9 +54,17 @@ def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
     return records
 
 
-def offline_run(run_dir: Path) -> list[wandb_internal_pb2.Record]:
+def offline_run(run_dir: Path, timeout: float = 30) -> list[wandb_internal_pb2.Record]:
+    """The records of the run's offline file once it ends with the run's exit record: `finish()`
+    returns once wandb's service has the whole run, and the service writes it out on its own
+    (seen: up to 0.1 s later)."""
     (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    return wandb_records(wandb_file)
+    deadline = time.time() + timeout
+    while True:
+        records = wandb_records(wandb_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.time() > deadline:
+            return records
+        time.sleep(0.1)
 
 
 def updates(records, kind: str) -> dict[str, object]:
