@@ -3,15 +3,14 @@
 import hydra
 from omegaconf import DictConfig
 
-from metalearn.run import run_cli, train
-from metalearn.sweeps import optimized_value
+from metalearn.run import run_cli, train_job
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    record = run_cli(train, cfg)
-    # hyperparameter sweepers (hparams_search=...) optimise the value main returns
-    return run_cli(optimized_value, cfg, record)
+    # hyperparameter sweepers (hparams_search=...) optimise the value main returns; Optuna
+    # records a trial that failed on a user's mistake (it returns None) as failed and goes on
+    return run_cli(train_job, cfg)
 
 
 if __name__ == "__main__":

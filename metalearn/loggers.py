@@ -10,11 +10,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from matplotlib.image import imread
 
 from metalearn.plots import results_table
+from metalearn.sweeps import in_multirun
 
 WANDB_HOST = "https://api.wandb.ai"
 
@@ -41,7 +41,7 @@ def wandb_offline(environ: Mapping[str, str] = os.environ) -> bool:
 
 def multirun_group() -> str | None:
     """The sweep directory's name when Hydra runs this job in a multirun (its jobs share it)."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_multirun():
         return None
     return Path(HydraConfig.get().sweep.dir).name
 

@@ -32,6 +32,7 @@ from metalearn.errors import UserError
 from metalearn.loggers import log_config, log_results
 from metalearn.models.backbones import UserBackbone
 from metalearn.plots import write_report
+from metalearn.sweeps import in_multirun, optimized_value, record_job_error
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +191,12 @@ def train(cfg: DictConfig) -> dict:
     return record
 
 
+def train_job(cfg: DictConfig) -> float | None:
+    """train.py's job: trains, then returns the score a hyperparameter search optimises (None
+    without `optimized_metric`)."""
+    return optimized_value(cfg, train(cfg))
+
+
 # Evaluation -------------------------------------------------------------------------------------
 EVAL_ONLY_KEYS = ("ckpt_path", "eval", "hydra")
 
@@ -253,11 +260,16 @@ def evaluate(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
 
 
 # Entry points -----------------------------------------------------------------------------------
-def run_cli(function: Callable[..., dict], *args) -> dict:
+def run_cli(function: Callable[..., Any], *args) -> Any:
     """Runs an entry point's function. A user's mistake becomes one line on stderr and exit status
-    2; anything else is a bug and keeps its traceback."""
+    2; anything else is a bug and keeps its traceback. In a multirun, a job's mistake ends only
+    that job: it is recorded for the sweep summary (which then ends the sweep with status 2), and
+    the job returns None to the sweeper."""
     try:
         return function(*args)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        if not in_multirun():
+            sys.exit(2)
+        record_job_error(str(error))
+        return None

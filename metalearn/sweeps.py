@@ -3,7 +3,9 @@ searches optimise.
 
 `SweepSummary` (registered in configs/hydra/default.yaml) writes `summary.csv` and `summary.md`
 into the sweep directory: one row per job with its overrides, its test score with the 95% CI, its
-best meta-val score and its directory. A job without results.json is listed as failed.
+best meta-val score and its directory. A job without results.json is listed as failed, with its
+error when the job ended on a user's mistake (error.txt, from `record_job_error`): such a job does
+not stop the sweep, and the sweep then ends with exit status 2.
 """
 
 from __future__ import annotations
@@ -11,10 +13,13 @@ from __future__ import annotations
 import atexit
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn.errors import UserError
@@ -23,6 +28,27 @@ from metalearn.errors import UserError
 SCORE_KEYS = ("test_acc", "test_acc_ci95", "best_val_acc",
               "test_mse", "test_mse_ci95", "best_val_mse")
 FAILED = "failed (no results.json)"
+ERROR_FILE = "error.txt"
+
+
+def in_multirun() -> bool:
+    """Whether Hydra runs this job as one of a multirun's (not a single run, the API or a test)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_job_error(message: str) -> None:
+    """Writes a failed job's error into its directory, for the sweep summary."""
+    job_dir = Path(HydraConfig.get().runtime.output_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / ERROR_FILE).write_text(message + "\n")
+
+
+def job_status(job_dir: Path) -> str:
+    if (job_dir / "results.json").is_file():
+        return "ok"
+    if (job_dir / ERROR_FILE).is_file():
+        return "failed: " + (job_dir / ERROR_FILE).read_text().strip()
+    return FAILED
 
 
 def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -34,7 +60,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         row = {
             "job": OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.job.num,
             "overrides": " ".join(OmegaConf.load(overrides_file)),
-            "status": "ok" if results_file.is_file() else FAILED,
+            "status": job_status(job_dir),
         }
         if results_file.is_file():
             record = json.loads(results_file.read_text())
@@ -49,8 +75,9 @@ def markdown_cell(value: Any) -> str:
     return text.replace("|", r"\|")
 
 
-def write_summary(sweep_dir: Path) -> None:
-    """Writes summary.csv (full precision) and summary.md (a Markdown table) into sweep_dir."""
+def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Writes summary.csv (full precision) and summary.md (a Markdown table) into sweep_dir;
+    returns the rows."""
     rows = job_rows(sweep_dir)
     scores = [key for key in SCORE_KEYS if any(key in row for row in rows)]
     columns = ["job", "overrides", "status", *scores, "dir"]
@@ -62,11 +89,13 @@ def write_summary(sweep_dir: Path) -> None:
     lines += ["| " + " | ".join(markdown_cell(row.get(key, "")) for key in columns) + " |"
               for row in rows]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    return rows
 
 
 class SweepSummary(Callback):
-    """Writes the summary of a multirun when it ends. Hydra skips on_multirun_end when a job
-    fails, so the summary is also written at exit: the failed job then gets its row."""
+    """Writes the summary of a multirun when it ends, then ends with exit status 2 and one line
+    per job that failed on a user's mistake. Hydra skips on_multirun_end when a job raises (a
+    bug), so the summary is also written at exit: the failed job then gets its row."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = Path(config.hydra.sweep.dir)
@@ -74,11 +103,19 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         atexit.unregister(self.write)
-        self.write()
+        rows = self.write()
+        failed = [row for row in rows if row["status"] != "ok"]
+        if failed:
+            for row in failed:
+                print(f"job {row['job']} ({row['overrides']}): {row['status']}", file=sys.stderr)
+            print(f"error: {len(failed)} of {len(rows)} jobs failed; see "
+                  f"{self.sweep_dir / 'summary.md'}", file=sys.stderr)
+            sys.exit(2)
 
-    def write(self) -> None:
-        if self.sweep_dir.is_dir():  # no job started when composing failed
-            write_summary(self.sweep_dir)
+    def write(self) -> list[dict[str, Any]]:
+        if not self.sweep_dir.is_dir():  # no job started when composing failed
+            return []
+        return write_summary(self.sweep_dir)
 
 
 def optimized_value(cfg: DictConfig, record: dict[str, Any]) -> float | None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
@@ -63,12 +65,14 @@ def summary_csv(sweep_dir: Path) -> list[dict[str, str]]:
 
 
 def summary_md(sweep_dir: Path) -> list[dict[str, str]]:
-    """The rows of summary.md's table, as {column: cell}."""
+    """The rows of summary.md's table, as {column: cell} (a cell may hold an escaped \\|)."""
     header, separator, *rows = (sweep_dir / "summary.md").read_text().splitlines()
     assert separator.startswith("|---|")
-    columns = [cell.strip() for cell in header.strip("|").split("|")]
-    return [dict(zip(columns, (cell.strip() for cell in row.strip("|").split("|"))))
-            for row in rows]
+
+    def cells(line: str) -> list[str]:
+        return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip("|"))]
+
+    return [dict(zip(cells(header), cells(row))) for row in rows]
 
 
 def compose_with_hydra(overrides: list[str]):
@@ -106,48 +110,74 @@ def test_grid_sweep_runs_every_job_in_parallel_and_summarises_it(tmp_path):
     assert grid == {("maml", 1), ("maml", 5), ("protonet", 1), ("protonet", 5)}
 
 
-def write_fake_job(sweep_dir: Path, num: int, record: dict | None) -> None:
-    """A job dir as Hydra leaves it; `record` is its results.json (None: the job failed)."""
+def write_fake_job(sweep_dir: Path, num: int, record: dict | None, error: str | None = None):
+    """A job dir as Hydra leaves it; `record` is its results.json (None: the job failed), `error`
+    the user error it failed on."""
     job_dir = sweep_dir / str(num)
     (job_dir / ".hydra").mkdir(parents=True)
     OmegaConf.save({"hydra": {"job": {"num": num}}}, job_dir / ".hydra/hydra.yaml")
     OmegaConf.save([f"episode.k_shot={num}", "algorithm=maml"], job_dir / ".hydra/overrides.yaml")
     if record is not None:
         (job_dir / "results.json").write_text(json.dumps(record))
+    if error is not None:
+        (job_dir / "error.txt").write_text(error + "\n")
 
 
-def test_summary_lists_a_failed_job_and_orders_jobs_by_number(tmp_path):
+def test_summary_lists_failed_jobs_and_orders_jobs_by_number(tmp_path, capsys):
     ok = {"test_acc": 0.5, "test_acc_ci95": 0.25, "best_val_acc": 0.75, "train_steps": 4}
     write_fake_job(tmp_path, 10, ok)
     write_fake_job(tmp_path, 2, None)
+    write_fake_job(tmp_path, 3, None, error="x|y is wrong")
     write_fake_job(tmp_path, 0, ok)
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     summary = SweepSummary()
     summary.on_multirun_start(config)
-    summary.on_multirun_end(config)
+    with pytest.raises(SystemExit) as exited:
+        summary.on_multirun_end(config)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"job 2 (episode.k_shot=2 algorithm=maml): {FAILED}",
+        "job 3 (episode.k_shot=3 algorithm=maml): failed: x|y is wrong",
+        f"error: 2 of 4 jobs failed; see {tmp_path / 'summary.md'}"]
 
     rows = summary_csv(tmp_path)
-    assert [row["job"] for row in rows] == ["0", "2", "10"]  # numeric order, not "10" < "2"
+    assert [row["job"] for row in rows] == ["0", "2", "3", "10"]  # numeric order: not "10" < "2"
     assert list(rows[0]) == ["job", "overrides", "status", "test_acc", "test_acc_ci95",
                              "best_val_acc", "dir"]
     assert rows[0]["overrides"] == "episode.k_shot=0 algorithm=maml"
     assert rows[0]["status"] == "ok" and float(rows[0]["best_val_acc"]) == 0.75
     assert rows[1]["status"] == FAILED
     assert rows[1]["test_acc"] == rows[1]["best_val_acc"] == ""
+    assert rows[2]["status"] == "failed: x|y is wrong"
     md_rows = summary_md(tmp_path)
-    assert [row["status"] for row in md_rows] == ["ok", FAILED, "ok"]
-    assert md_rows[2]["test_acc"] == "0.5000" and md_rows[2]["dir"] == "10"
+    assert [row["status"] for row in md_rows] == ["ok", FAILED, r"failed: x\|y is wrong", "ok"]
+    assert md_rows[3]["test_acc"] == "0.5000" and md_rows[3]["dir"] == "10"
 
 
-def test_sweep_stopped_by_a_user_error_still_gets_its_summary(tmp_path):
-    # A user mistake ends the sweep (exit status 2), so Hydra never calls on_multirun_end.
+def test_a_job_that_fails_on_a_user_error_does_not_stop_the_sweep(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    done = run_multirun(sweep_dir, "episode.k_shot=30")
+    done = run_multirun(sweep_dir, "episode.k_shot=30,1")  # job 0 asks for more than a class has
     assert done.returncode == 2
-    last_line = done.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: episode.k_shot + episode.query_size")
+    mistake = "episode.k_shot + episode.query_size = 30 + 15 = 45 is more than the 20 examples"
+    lines = done.stderr.strip().splitlines()
+    assert any(line.startswith(f"error: {mistake}") for line in lines)  # when job 0 failed
+    assert lines[-2].startswith("job 0 (") and f"k_shot=30): failed: {mistake}" in lines[-2]
+    assert lines[-1] == f"error: 1 of 2 jobs failed; see {sweep_dir / 'summary.md'}"
+
+    failed, ok = summary_csv(sweep_dir)
+    assert failed["status"].startswith(f"failed: {mistake}") and failed["test_acc"] == ""
+    assert ok["status"] == "ok" and float(ok["test_acc"]) == results(sweep_dir / "1")["test_acc"]
+    assert summary_md(sweep_dir)[0]["status"].startswith(f"failed: {mistake}")
+
+
+def test_a_sweep_stopped_by_a_bug_still_gets_its_summary(tmp_path):
+    # Hydra never calls on_multirun_end when a job raises; the summary is written at exit
+    sweep_dir = tmp_path / "sweep"
+    done = run_multirun(sweep_dir, "episode.k_shot=1", "+callbacks.bug._target_=no.such.Callback")
+    assert done.returncode == 1
+    assert "Error executing job with overrides" in done.stderr
     [row] = summary_csv(sweep_dir)
-    assert row["status"] == FAILED and "episode.k_shot=30" in row["overrides"]
+    assert row["status"] == FAILED and "episode.k_shot=1" in row["overrides"]
 
 
 # Hyperparameter search --------------------------------------------------------------------------
@@ -177,9 +207,11 @@ def test_objective_is_the_optimized_metric_of_the_record():
 
 
 @pytest.mark.slow
-def test_optuna_search_reports_the_best_trial(tmp_path):
+def test_optuna_search_reports_the_best_trial_and_a_stored_study_goes_on(tmp_path):
+    study = ["hparams_search=protonet_optuna", f"hydra.sweeper.storage=sqlite:///{tmp_path}/s.db",
+             "hydra.sweeper.study_name=protonet"]
     sweep_dir = tmp_path / "sweep"
-    multirun(sweep_dir, "hparams_search=protonet_optuna", "hydra.sweeper.n_trials=2")
+    multirun(sweep_dir, *study, "hydra.sweeper.n_trials=2")
 
     jobs = job_dirs(sweep_dir)
     assert len(jobs) == 2
@@ -190,6 +222,18 @@ def test_optuna_search_reports_the_best_trial(tmp_path):
     for key, value in found.best_params.items():
         assert best_trial[key] == str(value)
     assert len(summary_csv(sweep_dir)) == 2
+
+    # A second search adds its trial to the stored study. This one fails on a user error
+    # (5-shot tasks of 20 queries per class exceed Omniglot's 20 examples): the study records a
+    # failed trial, and the best of the study is still the first search's.
+    again = tmp_path / "again"
+    done = run_multirun(again, *study, "hydra.sweeper.n_trials=1", "episode.query_size=20",
+                        "episode.k_shot=5")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: 1 of 1 jobs failed")
+    trials = optuna.load_study(study_name="protonet", storage=f"sqlite:///{tmp_path}/s.db").trials
+    assert [trial.state.name for trial in trials] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert OmegaConf.load(again / "optimization_results.yaml") == found
 
 
 # Launchers --------------------------------------------------------------------------------------
