@@ -36,6 +36,7 @@ from metalearn.data.episodes import Episode
 from metalearn.data.task_family import SPLITS, TaskFamily
 from metalearn.errors import UserError
 from metalearn.evaluation import mean_and_ci95
+from metalearn.loggers import end_wandb_runs
 from metalearn.run import USER_BACKBONE, build, instantiate_checked, load_checkpoint, make_trainer
 
 # A support or query set: {"x": inputs, "y": targets} or (inputs, targets).
@@ -231,7 +232,10 @@ class MetaLearner:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         trainer = make_trainer(cfg, resolved)
-        trainer.fit(self.module, datamodule=datamodule)
+        try:
+            trainer.fit(self.module, datamodule=datamodule)
+        finally:
+            end_wandb_runs(trainer.loggers)
         self.config = cfg
         self.steps_taken += trainer.global_step
         checkpoints = trainer.checkpoint_callback

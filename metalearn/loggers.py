@@ -63,17 +63,25 @@ def log_config(loggers: Iterable[Logger], config: dict) -> None:
         logger.log_hyperparams(config)
 
 
+def end_wandb_runs(loggers: Iterable[Logger]) -> None:
+    """Ends the loggers' W&B runs: Lightning leaves them open, and the next run in this process
+    (another fit in the same notebook) would log into the same one."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
 def log_results(loggers: Iterable[Logger], record: dict, plot_paths: list[Path]) -> None:
     """Hands the results record and the run's plots to the loggers that can show them, and ends
-    the W&B run (Lightning leaves it open, and the next run in this process would reuse it)."""
+    the W&B run."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(record)
             for path in plot_paths:
                 logger.log_image(f"plots/{path.stem}", [str(path)])
-            logger.experiment.finish()
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_text("results", results_table(record))
             for path in plot_paths:
                 logger.experiment.add_image(f"plots/{path.stem}", imread(path), dataformats="HWC")
             logger.experiment.flush()
+    end_wandb_runs(loggers)

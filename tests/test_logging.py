@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
 
-from metalearn import loggers, progress
+from metalearn import MetaLearner, TaskSampler, loggers, progress
 from metalearn.plots import MetricHistory, csv_rows, logged_rows
 from metalearn.run import train
 from tests.conftest import make_config
@@ -54,17 +54,21 @@ def wandb_records(path: Path) -> list[wandb_internal_pb2.Record]:
     return records
 
 
-def offline_run(run_dir: Path, timeout: float = 30) -> list[wandb_internal_pb2.Record]:
-    """The records of the run's offline file once it ends with the run's exit record: `finish()`
-    returns once wandb's service has the whole run, and the service writes it out on its own
-    (seen: up to 0.1 s later)."""
-    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+def offline_runs(save_dir: Path, timeout: float = 30) -> list[list[wandb_internal_pb2.Record]]:
+    """The records of each offline run under save_dir, in the order they started, once each ends
+    with its exit record: `finish()` returns once wandb's service has the whole run, and the
+    service writes it out on its own (seen: up to 0.1 s later)."""
     deadline = time.time() + timeout
-    while True:
-        records = wandb_records(wandb_file)
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.time() > deadline:
-            return records
-        time.sleep(0.1)
+    runs = []
+    for wandb_file in sorted(save_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        while True:
+            records = wandb_records(wandb_file)
+            if any(r.WhichOneof("record_type") == "exit" for r in records) or (
+                    time.time() > deadline):
+                break
+            time.sleep(0.1)
+        runs.append(records)
+    return runs
 
 
 def updates(records, kind: str) -> dict[str, object]:
@@ -191,7 +195,7 @@ def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch):
     record = train(make_config(["logger=wandb", *TINY], run_dir))
     assert time.time() - started < 60  # no login prompt, no network wait
 
-    records = offline_run(run_dir)
+    (records,) = offline_runs(run_dir)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.project == "metalearn" and run.display_name == f"{tmp_path.name}/run"
     assert run.run_group == ""  # not a multirun
@@ -208,6 +212,21 @@ def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch):
     history_keys = {"/".join(item.nested_key) or item.key for r in records
                     if r.WhichOneof("record_type") == "history" for item in r.history.item}
     assert {"val/acc", "test/acc"} <= history_keys
+
+
+@pytest.mark.slow
+def test_each_api_fit_is_a_w_and_b_run_of_its_own(tmp_path):
+    learner = MetaLearner("protonet", overrides=["logger=wandb", *TINY], output_dir=tmp_path)
+    sampler = TaskSampler(overrides=TINY[:2])
+    learner.fit(sampler, steps=2)
+    learner.fit(sampler, steps=2)
+    runs = offline_runs(tmp_path)
+    assert len(runs) == 2  # the second fit did not log into the first one's run
+    for records in runs:
+        assert records[-1].WhichOneof("record_type") == "exit"  # finished
+        validations = [r for r in records if r.WhichOneof("record_type") == "history" and any(
+            "/".join(item.nested_key) == "val/acc" for item in r.history.item)]
+        assert len(validations) == 1  # one fit's one epoch
 
 
 @pytest.mark.slow
