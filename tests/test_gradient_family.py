@@ -9,8 +9,8 @@ from torch.func import functional_call
 
 from metalearn.algorithms.anil import ANIL
 from metalearn.algorithms.fomaml import FOMAML
-from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.algorithms.maml import inner_loop
+from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.models.backbones import MLP
 from tests.test_maml_gradient import make_batch, model_meta_gradient, plain_sgd, relative_error
 
