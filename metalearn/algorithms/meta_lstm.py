@@ -153,12 +153,14 @@ class MetaLSTM(EpisodicModule):
         return forget * theta - input_ * gradient, MetaLearnerState(hidden, cell, forget, input_)
 
     def adapted_weights(self, support_x: Tensor, support_y: Tensor, steps: int) -> Tensor:
-        """theta_T after `steps` meta-learner steps on the whole support set, from c_0."""
+        """theta_T after `steps` meta-learner steps on the whole support set, from c_0. In float32
+        under mixed precision too: a 16-bit forget gate near 1 would round away the updates."""
         theta = self.initial_theta
         state = self.initial_state(theta)
-        for _ in range(steps):
-            loss, gradient = self.support_loss_and_gradient(theta, support_x, support_y)
-            theta, state = self.meta_update(theta, gradient, loss, state)
+        with torch.autocast(support_x.device.type, enabled=False):
+            for _ in range(steps):
+                loss, gradient = self.support_loss_and_gradient(theta, support_x, support_y)
+                theta, state = self.meta_update(theta, gradient, loss, state)
         return theta
 
     # EpisodicModule ---------------------------------------------------------------------------

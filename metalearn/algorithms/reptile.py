@@ -98,15 +98,17 @@ class Reptile(EpisodicModule):
     def fine_tune(self, x: Tensor, y: Tensor, steps: int,
                   batch_statistics: bool = True) -> tuple[nn.Module, Tensor, Tensor]:
         """A copy of the learner after `steps` full-batch inner steps on (x, y), with the loss and
-        predictions of its last step (computed before that step's update)."""
+        predictions of its last step (computed before that step's update). In float32 under
+        mixed precision too, as MAML's inner loop."""
         learner = copy.deepcopy(self.learner).train(batch_statistics)
         optimizer = INNER_OPTIMIZERS[self.inner_optimizer](learner.parameters(), lr=self.inner_lr)
-        for _ in range(steps):
-            predictions = learner(x)
-            loss = self.task_loss(predictions, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        with torch.autocast(x.device.type, enabled=False):
+            for _ in range(steps):
+                predictions = learner(x)
+                loss = self.task_loss(predictions, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
         return learner, loss.detach(), predictions.detach()
 
     def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
