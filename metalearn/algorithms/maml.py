@@ -44,7 +44,7 @@ def inner_loop(
     The clone stays differentiable with respect to `learner`'s parameters (to first order only
     if `first_order`). It runs in float32 under mixed precision too: the adapted weights set the
     point where the query gradient is taken, and 16-bit support passes moved the meta-gradient by
-    20-58% (bf16) or overflowed float16 (README, Precision).
+    22-58% (bf16) or overflowed float16 (README, Precision).
     """
     with torch.autocast(support_x.device.type, enabled=False):
         # ANIL's body features come from autocast in 16 bits (float64 runs stay float64)
