@@ -1,10 +1,14 @@
 """Evaluate a checkpoint on the meta-test split: python eval.py ckpt_path=PATH [eval.shots=[1,5]]"""
 
+import sys
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from metalearn.run import evaluate, run_cli
+from metalearn.cli import run_cli
+from metalearn.compose import moved_key_overrides
+from metalearn.evaluation import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
@@ -13,4 +17,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = moved_key_overrides(sys.argv)
     main()

@@ -1,9 +1,13 @@
 """Meta-train, validate and test one algorithm: python train.py algorithm=protonet episode.k_shot=1"""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
-from metalearn.run import run_cli, train_job
+from metalearn.cli import run_cli
+from metalearn.compose import moved_key_overrides
+from metalearn.training import train_job
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -14,4 +18,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sys.argv = moved_key_overrides(sys.argv)
     main()

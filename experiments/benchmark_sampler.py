@@ -14,7 +14,7 @@ import torch
 
 from metalearn.data.episodes import sample_classification_episodes, seeded_generator
 from metalearn.data.omniglot import Omniglot
-from metalearn.run import project_root
+from metalearn.paths import project_root
 
 
 def per_example_loop(images_by_class, n_way, k_shot, query_size, num_tasks, generator):

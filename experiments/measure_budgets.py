@@ -15,7 +15,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from metalearn.run import project_root, train
+from metalearn.paths import project_root
+from metalearn.training import train
 
 # the budgets live with the tests; put the repository first so that its tests/ is the one found
 sys.path.insert(0, project_root())

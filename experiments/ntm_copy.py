@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from metalearn.copy_task import LSTMBaseline, bit_errors_by_length, train_copy
-from metalearn.models.ntm import NTM
-from metalearn.run import project_root
+from metalearn.models.ntm import NTMNetwork
+from metalearn.paths import project_root
 
 
 def main() -> None:
@@ -34,7 +34,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     models = {
-        "NTM": NTM(9, 8, memory_slots=args.memory_slots, memory_width=args.memory_width,
+        "NTM": NTMNetwork(9, 8, memory_slots=args.memory_slots, memory_width=args.memory_width,
                    controller_size=args.controller_size),
         "LSTM": LSTMBaseline(9, 8, hidden_size=args.lstm_size),
     }

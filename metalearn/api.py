@@ -2,7 +2,7 @@
 
 A thin face over what train.py runs. A MetaLearner composes the same config (configs/train.yaml
 with `algorithm=<name>`, hyperparameters set on the keys that hold them), builds the same
-Lightning module through `metalearn.run.build`, and fits with the same Trainer. Its checkpoints
+Lightning module through `metalearn.build.build`, and fits with the same Trainer. Its checkpoints
 are train.py's: `MetaLearner.load` reads train.py's, and eval.py reads those `save` writes.
 A TaskSampler draws the episodes the data module draws: `TaskSampler(split="test", seed=0)`
 gives exactly the test episodes of train.py's default `episode.eval_seed`.
@@ -22,22 +22,24 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from metalearn.callbacks import CONFIG_KEY
+from metalearn.build import USER_BACKBONE, build, instantiate_checked, validate
+from metalearn.checkpoints import CONFIG_KEY, load_checkpoint, save_checkpoint
 from metalearn.compose import (
     algorithm_name,
     apply_settings,
     checked_choice,
     compose_config,
     default_output_dir,
+    upgrade_stored_config,
 )
-from metalearn.config_check import check_config, check_episode_fits, component_name
-from metalearn.data.datamodule import EpisodeStream
-from metalearn.data.episodes import Episode
+from metalearn.config_check import check_episode_fits, component_name
+from metalearn.data.datamodule import TaskStream
+from metalearn.data.episodes import Task, TaskBatch
 from metalearn.data.task_family import SPLITS, TaskFamily
-from metalearn.errors import UserError
-from metalearn.evaluation import mean_and_ci95
+from metalearn.errors import UserError, check_whole_number
 from metalearn.loggers import end_wandb_runs
-from metalearn.run import USER_BACKBONE, build, instantiate_checked, load_checkpoint, make_trainer
+from metalearn.statistics import mean_and_ci95
+from metalearn.training import make_trainer, write_config
 
 # A support or query set: {"x": inputs, "y": targets} or (inputs, targets).
 LabelledSet = Mapping[str, Any] | Sequence[Any]
@@ -65,7 +67,7 @@ class TaskSampler:
                              output_dir=".")
         apply_settings(cfg, {"n_way": n_way, "k_shot": k_shot, "query_size": query_size,
                              "train_n_way": None, "train_query_size": None})
-        check_config(cfg)
+        validate(cfg)
         self.tasks: TaskFamily = instantiate_checked(cfg.dataset)
         check_episode_fits(cfg, self.tasks)
         self.dataset, self.dataset_config = dataset, cfg.dataset
@@ -78,21 +80,22 @@ class TaskSampler:
                 f"query_size={self.query_size}, split={self.split!r}, seed={self.seed})")
 
     def stream(self, tasks_per_item: int, n_way: int | None = None,
-               k_shot: int | None = None) -> EpisodeStream:
-        return EpisodeStream(self.tasks, self.split, n_way or self.n_way, k_shot or self.k_shot,
+               k_shot: int | None = None) -> TaskStream:
+        return TaskStream(self.tasks, self.split, n_way or self.n_way, k_shot or self.k_shot,
                              self.query_size, tasks_per_item, self.seed, length=2**62)
 
-    def sample(self, batch_size: int = 1) -> Episode:
-        """The next batch of `batch_size` tasks of this sampler's stream (support_x [B, N*K, ...])."""
-        check_positive("batch_size", batch_size)
+    def sample(self, batch_size: int = 1) -> TaskBatch:
+        """The next batch of `batch_size` tasks of this sampler's stream (support_x [B, N*K, ...]);
+        `.task(i)` is one of them, `.tasks()` all of them in turn."""
+        check_whole_number("batch_size", batch_size)
         batch = self.stream(batch_size)[self.batches_drawn]
         self.batches_drawn += 1
         return batch
 
     def fixed_episodes(self, count: int, n_way: int | None = None,
-                       k_shot: int | None = None) -> Iterator[Episode]:
-        """Episodes 0..count-1 of the seed, one task each, whatever was sampled before; the
-        shape defaults to the sampler's."""
+                       k_shot: int | None = None) -> Iterator[TaskBatch]:
+        """Episodes 0..count-1 of the seed, each a batch of one task, whatever was sampled
+        before; the shape defaults to the sampler's."""
         stream = self.stream(1, n_way, k_shot)
         return (stream[index] for index in range(count))
 
@@ -166,6 +169,7 @@ class MetaLearner:
         self.optimizer = self.module.optimizer_factory(self.module.parameters(),
                                                        lr=self.module.outer_lr)
         self.steps_taken = 0
+        self.fabric: L.Fabric | None = None  # set up by the first meta_train_step
 
     @property
     def algorithm(self) -> str:
@@ -177,24 +181,42 @@ class MetaLearner:
                 f"steps_taken={self.steps_taken})")
 
     # Meta-training ---------------------------------------------------------------------------
-    def meta_train_step(self, tasks: Episode) -> float:
+    def meta_train_step(self, tasks: TaskBatch | Task | Sequence[TaskBatch | Task]) -> float:
         """One outer update on a batch of tasks (`TaskSampler.sample`); returns the loss.
 
-        Runs the algorithm's own meta-training loss, Adam (or the configured optimiser) at
-        `outer_lr`, and the config's `trainer.gradient_clip_val`; learning-rate schedules
-        (Reptile's annealing too) run in `fit`, which has an end to schedule towards.
+        Runs the algorithm's own training step through Lightning Fabric, with the configured
+        optimiser, the trainer's precision and `gradient_clip_val`, as train.py's Trainer does;
+        learning-rate schedules (Reptile's annealing too) run in `fit`, which has an end to
+        schedule towards.
         """
-        batch = self.episode_batch(tasks, "tasks")
+        batch = self.task_batch(tasks, "tasks")
+        fabric_module, optimizer = self.fabric_setup()
         self.module.train()
-        loss, _ = self.module.checked_meta_train_loss(batch, self.steps_taken)
-        self.optimizer.zero_grad()
-        loss.backward()
-        clip = self.config.trainer.get("gradient_clip_val")
-        if clip:
-            nn.utils.clip_grad_norm_(self.module.parameters(), clip)
-        self.optimizer.step()
+        self.module.fabric = self.fabric  # so that its self.log calls go to Fabric
+        try:
+            loss = fabric_module.training_step(batch, self.steps_taken)
+            optimizer.zero_grad()
+            self.fabric.backward(loss)
+            clip = self.config.trainer.get("gradient_clip_val")
+            if clip:
+                self.fabric.clip_gradients(fabric_module, optimizer, max_norm=clip)
+            optimizer.step()
+        finally:
+            self.module.fabric = None  # a later fit attaches the module to a Trainer
         self.steps_taken += 1
         return loss.item()
+
+    def fabric_setup(self) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The module and optimiser under a Fabric for the module's device and the trainer's
+        precision (set up once, and again after `to`)."""
+        if self.fabric is None:
+            device = self.device
+            self.fabric = L.Fabric(accelerator=device.type, devices=[device.index or 0]
+                                   if device.type == "cuda" else 1,
+                                   precision=self.config.trainer.precision)
+            self.fabric_objects = self.fabric.setup(self.module, self.optimizer,
+                                                    move_to_device=False)
+        return self.fabric_objects
 
     def fit(self, sampler: TaskSampler, steps: int | None = None,
             epochs: int | None = None) -> dict[str, Any]:
@@ -217,20 +239,18 @@ class MetaLearner:
                 cfg.episode[key] = getattr(sampler, key)
             cfg.episode.train_n_way = cfg.episode.train_query_size = None
             if epochs is not None:
-                cfg.num_epochs = check_positive("epochs", epochs)
+                cfg.num_epochs = check_whole_number("epochs", epochs)
             if steps is not None:
-                check_positive("steps", steps)
+                check_whole_number("steps", steps)
                 cfg.num_epochs = epochs or 1
                 if steps % cfg.num_epochs:
                     raise UserError(f"steps={steps} is not a multiple of epochs={cfg.num_epochs}")
-                cfg.episode.num_tasks = steps // cfg.num_epochs * cfg.algorithm.meta_batch_size
-        check_config(cfg)
+                cfg.episode.num_tasks = steps // cfg.num_epochs * cfg.episode.meta_batch_size
+        validate(cfg)
         check_episode_fits(cfg, sampler.tasks)
         datamodule = instantiate(cfg.episode, tasks=sampler.tasks)
-        output_dir = Path(cfg.paths.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        write_config(Path(cfg.paths.output_dir), resolved)
         trainer = make_trainer(cfg, resolved)
         try:
             trainer.fit(self.module, datamodule=datamodule)
@@ -266,19 +286,8 @@ class MetaLearner:
     # Checkpoints -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
         """Writes a checkpoint that eval.py and `load` read; written whole or not at all."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint = {
-            "state_dict": self.module.state_dict(),
-            "optimizer_states": [self.optimizer.state_dict()],
-            "global_step": self.steps_taken,
-            "pytorch-lightning_version": L.__version__,
-            CONFIG_KEY: OmegaConf.to_container(self.config, resolve=True),
-        }
-        partial = path.with_name(path.name + ".part")
-        torch.save(checkpoint, partial)
-        partial.replace(path)
-        return path
+        return save_checkpoint(path, self.module, self.optimizer,
+                               OmegaConf.to_container(self.config, resolve=True), self.steps_taken)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None,
@@ -289,7 +298,7 @@ class MetaLearner:
         later `fit` writes (default: a new run directory, never the checkpoint's run).
         """
         checkpoint = load_checkpoint(str(path))
-        cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
+        cfg = upgrade_stored_config(OmegaConf.create(checkpoint[CONFIG_KEY]))
         cfg.paths.output_dir = str(output_dir or default_output_dir(cfg))
         learner = cls.__new__(cls)
         learner.setup(cfg, model)
@@ -303,6 +312,7 @@ class MetaLearner:
     def to(self, device: str | torch.device) -> MetaLearner:
         """Moves the model and the optimiser's state to `device` ("cuda", "cpu"); inputs follow."""
         self.module.to(device)
+        self.fabric = None
         for state in self.optimizer.state.values():
             for key, value in state.items():
                 if isinstance(value, Tensor):
@@ -351,25 +361,25 @@ class MetaLearner:
             raise UserError(f"{name} labels must lie in 0..{self.module.output_dim - 1}: this "
                             f"{self.algorithm} learner has {self.module.output_dim} outputs")
 
-    def episode_batch(self, tasks: Episode | Sequence[Episode], name: str) -> Episode:
-        """A batch of tasks from an Episode (batched or one task) or a list of Episodes."""
-        if isinstance(tasks, Sequence) and not isinstance(tasks, Episode) and tasks and all(
-                isinstance(task, Episode) for task in tasks):
-            return Episode(*(torch.cat(part) for part in zip(*(
-                self.episode_batch(task, name) for task in tasks))))
-        if not isinstance(tasks, Episode):
-            raise UserError(f"{name} must be the Episode of TaskSampler.sample (or a list of "
-                            f"them); got {type(tasks).__name__}")
-        one_task = tasks.support_x.dim() == len(self.tasks.input_shape) + 1
-        if one_task:
-            tasks = Episode(*(part.unsqueeze(0) for part in tasks))
+    def task_batch(self, tasks: TaskBatch | Task | Sequence[TaskBatch | Task],
+                   name: str) -> TaskBatch:
+        """A batch of tasks from a TaskBatch, one Task, or a list of either, checked against this
+        learner and on its device."""
+        if isinstance(tasks, Task):
+            tasks = TaskBatch.stack([tasks])
+        elif (isinstance(tasks, Sequence) and not isinstance(tasks, TaskBatch) and tasks
+              and all(isinstance(task, (Task, TaskBatch)) for task in tasks)):
+            tasks = TaskBatch.concat(self.task_batch(task, name) for task in tasks)
+        if not isinstance(tasks, TaskBatch):
+            raise UserError(f"{name} must be the TaskBatch of TaskSampler.sample, a Task, or a "
+                            f"list of them; got {type(tasks).__name__}")
         support_x = self.inputs(tasks.support_x, f"{name} support_x", batch_dims=2)
         query_x = self.inputs(tasks.query_x, f"{name} query_x", batch_dims=2)
         if self.module.task_type == "classification":
             for labels in (tasks.support_y, tasks.query_y):
                 self.check_labels(labels.flatten(), name)
-        return Episode(support_x, tasks.support_y.to(self.device), query_x,
-                       tasks.query_y.to(self.device))
+        return TaskBatch(support_x, tasks.support_y.to(self.device), query_x,
+                         tasks.query_y.to(self.device))
 
     def check_tasks_fit(self, tasks: TaskFamily, n_way: int) -> None:
         if tuple(tasks.input_shape) != tuple(self.tasks.input_shape) or (
@@ -387,22 +397,23 @@ class MetaLearner:
                             f"n_way={n_way}")
 
 
-def evaluate_few_shot(learner: MetaLearner, tasks: TaskSampler | Episode | Sequence[Episode],
+def evaluate_few_shot(learner: MetaLearner,
+                      tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
                       n_way: int = 5, k_shot: int = 1, n_episodes: int = 600) -> tuple[float, float]:
     """Mean query accuracy over `n_episodes` episodes with its 95% confidence interval.
 
     From a TaskSampler: its fixed episodes of `n_way` classes and `k_shot` shots (the same for
-    every learner given the same sampler settings). From tasks (an Episode batch or a list):
+    every learner given the same sampler settings). From tasks (a TaskBatch or a list):
     the first `n_episodes`, which must have that shape. Regression: the mean squared error.
     """
-    check_positive("n_episodes", n_episodes)
+    check_whole_number("n_episodes", n_episodes)
     if isinstance(tasks, TaskSampler):
         learner.check_tasks_fit(tasks.tasks, n_way)
-        episodes: Iterable[Episode] = tasks.fixed_episodes(n_episodes, n_way, k_shot)
+        episodes: Iterable[TaskBatch] = tasks.fixed_episodes(n_episodes, n_way, k_shot)
     else:
-        batch = learner.episode_batch(tasks, "tasks")
-        if batch.num_tasks < n_episodes:
-            raise UserError(f"tasks hold {batch.num_tasks} episodes, fewer than "
+        batch = learner.task_batch(tasks, "tasks")
+        if batch.batch_size < n_episodes:
+            raise UserError(f"tasks hold {batch.batch_size} episodes, fewer than "
                             f"n_episodes={n_episodes}; pass a TaskSampler or fewer n_episodes")
         if learner.module.task_type == "classification":
             learner.check_tasks_fit(learner.tasks, n_way)
@@ -410,10 +421,10 @@ def evaluate_few_shot(learner: MetaLearner, tasks: TaskSampler | Episode | Seque
             if shape != (n_way, n_way * k_shot):
                 raise UserError(f"tasks are {shape[0]}-way with {shape[1]} support examples; "
                                 f"n_way={n_way}, k_shot={k_shot} needs {n_way * k_shot}")
-        episodes = (batch.task(index) for index in range(n_episodes))
+        episodes = (TaskBatch(*(part[:n_episodes] for part in batch)),)
     module = learner.module
     with evaluating(module), torch.no_grad():
-        scores = [module.score_episodes(learner.episode_batch(episode, "tasks"))
+        scores = [module.score_episodes(learner.task_batch(episode, "tasks"))
                   for episode in episodes]
     return mean_and_ci95(torch.cat(scores))
 
@@ -428,12 +439,6 @@ def evaluating(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
-
-
-def check_positive(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"{name}={value!r} must be a whole number >= 1")
-    return value
 
 
 def qualified_name(model: nn.Module) -> str:

@@ -7,6 +7,8 @@ meta_learning.py's flags) on the key of the config that holds them.
 
 from __future__ import annotations
 
+import re
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,21 +16,51 @@ from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from metalearn.config_check import PASSED_BY_RUNNER, accepted_arguments, component_name
+from metalearn.build import settings_of
+from metalearn.config_check import component_name
 from metalearn.errors import UserError
-from metalearn.run import project_root
+from metalearn.paths import CONFIG_DIR
 
-CONFIG_DIR = Path(project_root()) / "configs"
 # other names for an algorithm (the flag-style front end and the API accept them)
 ALGORITHM_ALIASES = {"prototypical": "protonet"}
 # top-level keys of configs/train.yaml that are settings of a run
 RUN_SETTINGS = ("seed", "num_epochs", "eval_frequency", "save_frequency")
-# where flat names are looked up, in order (meta_batch_size is the algorithm's; the episode's
-# follows it)
+# where flat names are looked up, in order (the algorithm's before the episode's)
 SETTING_GROUPS = ("algorithm", "episode", "dataset", "backbone")
+#: config keys that moved, old -> new: the old key still works, with a warning
+MOVED_KEYS = {"algorithm.meta_batch_size": "episode.meta_batch_size"}
+
+
+def moved_key_overrides(overrides: Iterable[str]) -> list[str]:
+    """Command-line overrides with moved keys under their new names, each move announced on
+    stderr ('algorithm.meta_batch_size=4' -> 'episode.meta_batch_size=4')."""
+    renamed = []
+    for override in overrides:
+        for old, new in MOVED_KEYS.items():
+            match = re.fullmatch(rf"([+~]*){re.escape(old)}(=.*)?", override, re.DOTALL)
+            if match:
+                print(f"warning: {old} is now {new}; {old} will stop working in a later version",
+                      file=sys.stderr)
+                override = f"{match.group(1)}{new}{match.group(2) or ''}"
+        renamed.append(override)
+    return renamed
+
+
+def upgrade_stored_config(cfg: DictConfig) -> DictConfig:
+    """A config stored by an earlier version (in a checkpoint) with moved keys at their new
+    places."""
+    for old, new in MOVED_KEYS.items():
+        value = OmegaConf.select(cfg, old, default=None)
+        if value is None:
+            continue
+        group, key = old.rsplit(".", 1)
+        with open_dict(cfg):
+            if OmegaConf.select(cfg, new, default=None) is None:
+                OmegaConf.update(cfg, new, value, force_add=True)
+            del OmegaConf.select(cfg, group)[key]
+    return cfg
 
 
 def config_choices(group: str) -> list[str]:
@@ -74,7 +106,7 @@ def compose_config(overrides: Iterable[str] = (), output_dir: str | Path | None 
     Without output_dir, a new directory where train.py would put the run:
     outputs/runs/<algorithm>_<dataset>/<time>.
     """
-    overrides = list(overrides)
+    overrides = moved_key_overrides(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=[*overrides, "paths.output_dir=unset"])
@@ -93,8 +125,7 @@ def setting_keys(cfg: DictConfig) -> dict[str, str]:
         node = cfg.get(group)
         if not node or "_target_" not in node:
             continue
-        names = set(accepted_arguments(get_class(node._target_))) | set(node)
-        names -= PASSED_BY_RUNNER.get(group, set()) | {"seed", "model"}
+        names = (set(settings_of(group, node)) | set(node)) - {"seed", "model"}
         for name in sorted(names):
             if not name.startswith("_"):
                 keys.setdefault(name, f"{group}.{name}")

@@ -6,20 +6,18 @@ Each problem is reported as one line naming the key, the value and what is allow
 
 from __future__ import annotations
 
-import inspect
-
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn.data.task_family import SPLITS, ClassificationTaskFamily, TaskFamily
-from metalearn.errors import UserError
+from metalearn.errors import UserError, check_positive_number, check_whole_number
 
 # keys that must be integers >= 1 wherever they are present
 POSITIVE_INTS = (
     "episode.n_way", "episode.k_shot", "episode.query_size", "episode.train_n_way",
     "episode.train_query_size", "episode.num_tasks",
     "episode.val_episodes", "episode.test_episodes", "episode.eval_batch_size",
-    "algorithm.meta_batch_size", "algorithm.inner_steps", "algorithm.test_inner_steps",
+    "episode.meta_batch_size", "algorithm.inner_steps", "algorithm.test_inner_steps",
     "algorithm.embedding_dim", "algorithm.processing_steps", "algorithm.relation_channels",
     "algorithm.hidden_units", "algorithm.memory_slots", "algorithm.memory_width",
     "algorithm.read_heads", "algorithm.write_heads", "algorithm.controller_size",
@@ -34,57 +32,16 @@ def component_name(node: DictConfig) -> str:
     return node._target_.rsplit(".", 2)[-2]
 
 
-def accepted_arguments(cls: type) -> list[str]:
-    """The keyword arguments a class's constructor takes, following `**kwargs` passed on to the
-    base classes (as the algorithms pass theirs to EpisodicModule)."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
-        names += [p.name for p in parameters
-                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names]
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
-            break
-    return names
-
-
-# arguments the runner passes itself, not from the config
-PASSED_BY_RUNNER = {"backbone": {"input_shape"}, "algorithm": {"backbone", "task_type", "output_dim"},
-                    "episode": {"tasks"}}
-
-
-def check_known_keys(cfg: DictConfig) -> None:
-    """Every key of the instantiated groups must be a constructor argument of its target."""
-    for group in ("dataset", "backbone", "episode", "algorithm"):
-        node = cfg.get(group)
-        if not node or "_target_" not in node:
-            continue
-        accepted = set(accepted_arguments(get_class(node._target_)))
-        accepted -= PASSED_BY_RUNNER.get(group, set())
-        for key in node:
-            if not key.startswith("_") and key not in accepted:
-                raise UserError(
-                    f"{group}.{key} is not a setting of {node._target_}; its settings are: "
-                    f"{', '.join(sorted(accepted))}"
-                )
-
-
 def check_config(cfg: DictConfig) -> None:
     """Type and range checks that need no data."""
-    check_known_keys(cfg)
     for key in POSITIVE_INTS:
         value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"{key}={value!r} must be a whole number >= 1")
+        if value is not None:
+            check_whole_number(key, value)
     for key in POSITIVE_FLOATS:
         value = OmegaConf.select(cfg, key, default=None)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise UserError(f"{key}={value!r} must be a number > 0")
+        if value is not None:
+            check_positive_number(key, value)
     if cfg.get("test_ckpt") not in ("best", "last"):
         raise UserError(f"test_ckpt={cfg.get('test_ckpt')!r} must be one of: best, last")
 

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.tree import Tree
 
+from metalearn.files import write_text
+
 # the groups in the order a reader checks them; the other keys follow in composition order
 GROUP_ORDER = ("dataset", "episode", "algorithm", "backbone", "trainer", "callbacks", "logger",
                "paths")
@@ -36,4 +38,4 @@ def print_config_tree(cfg: DictConfig, path: Path) -> None:
     Console().print(tree)
     plain = Console(file=StringIO(), width=LOG_WIDTH)
     plain.print(tree)
-    path.write_text("".join(line.rstrip() + "\n" for line in plain.file.getvalue().splitlines()))
+    write_text(path, "".join(line.rstrip() + "\n" for line in plain.file.getvalue().splitlines()))

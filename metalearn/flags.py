@@ -1,7 +1,7 @@
 """meta_learning.py: a flag-style front end over the config train.py composes.
 
 Each flag sets a config key, `--set KEY=VALUE` passes any Hydra override through, and the run is
-`metalearn.run.train`, as with train.py: the same arguments give the same results.json.
+`metalearn.training.train`, as with train.py: the same arguments give the same results.json.
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from metalearn.cli import run_cli
 from metalearn.compose import (
     ALGORITHM_ALIASES,
-    CONFIG_DIR,
     algorithm_name,
     apply_settings,
     compose_config,
     config_choices,
     setting_keys,
 )
-from metalearn.errors import UserError
-from metalearn.run import run_cli, train
+from metalearn.errors import UserError, check_positive_number, check_whole_number
+from metalearn.paths import CONFIG_DIR
+from metalearn.training import train
 
 # flag destination -> the config's setting name
 FLAG_SETTINGS = {
@@ -42,25 +43,22 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def whole_number(minimum: int):
+    """An argparse type: a whole number >= minimum (the check the config and the API make)."""
     def parse(text: str) -> int:
         try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} must be a whole number >= {minimum}")
-        return value
+            return check_whole_number("value", int(text), minimum)
+        except (ValueError, UserError):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number >= {minimum}") from None
     return parse
 
 
 def positive_number(text: str) -> float:
+    """An argparse type: a number > 0."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text} must be a number > 0")
-    return value
+        return check_positive_number("value", float(text))
+    except (ValueError, UserError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number > 0") from None
 
 
 def algorithm_summary(name: str) -> str:
@@ -108,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--inner-lr", type=positive_number, help="algorithm.inner_lr")
     parser.add_argument("--outer-lr", type=positive_number, help="algorithm.outer_lr")
     parser.add_argument("--meta-batch-size", type=whole_number(1),
-                        help="tasks per outer update (algorithm.meta_batch_size)")
+                        help="tasks per outer update (episode.meta_batch_size)")
     parser.add_argument("--first-order", action="store_true", default=None,
                         help="drop second-order terms (algorithm.first_order=true)")
     parser.add_argument("--seed", type=whole_number(0), help="seed of the run (default: 42)")

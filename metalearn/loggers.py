@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from matplotlib.image import imread
 
-from metalearn.plots import results_table
+from metalearn.results import results_table
 from metalearn.sweeps import in_multirun
 
 WANDB_HOST = "https://api.wandb.ai"

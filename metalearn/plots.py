@@ -1,10 +1,9 @@
-"""The run's report in its directory: learning curves (plots/learning_curves.png) and the results
-table (results.md)."""
+"""The run's learning curves (plots/learning_curves.png in its directory) and the metric history
+they are drawn from."""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -12,6 +11,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from metalearn.files import atomic_write
 
 Row = dict[str, float]  # one logging event: "step" and the metrics logged then
 
@@ -85,20 +86,12 @@ def plot_learning_curves(rows: list[Row], path: Path) -> None:
     else:
         not_logged(score_axes)
     score_axes.set(title="meta-validation", xlabel="step", ylabel=score)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
+    with atomic_write(path) as partial:
+        figure.savefig(partial, dpi=100, format="png")
 
 
-def results_table(record: Mapping) -> str:
-    """The results record as a Markdown table, values as results.json holds them."""
-    cells = {key: str(value).replace("|", r"\|") for key, value in record.items()}
-    lines = ["| result | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in cells.items()]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(output_dir: Path, record: dict, trainer: L.Trainer) -> list[Path]:
-    """Writes results.md and plots/learning_curves.png into the run dir; returns the plots."""
-    (output_dir / "results.md").write_text(results_table(record))
-    plot = output_dir / "plots" / "learning_curves.png"
-    plot_learning_curves(logged_rows(trainer), plot)
-    return [plot]
+def write_learning_curves(output_dir: Path, trainer: L.Trainer) -> Path:
+    """Writes plots/learning_curves.png into the run dir from what the run logged; returns it."""
+    path = output_dir / "plots" / "learning_curves.png"
+    plot_learning_curves(logged_rows(trainer), path)
+    return path

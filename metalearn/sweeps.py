@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn.errors import UserError
+from metalearn.files import atomic_write, write_text
 
 # The results.json scores a summary reports, for classification and for regression runs.
 SCORE_KEYS = ("test_acc", "test_acc_ci95", "best_val_acc",
@@ -38,9 +39,7 @@ def in_multirun() -> bool:
 
 def record_job_error(message: str) -> None:
     """Writes a failed job's error into its directory, for the sweep summary."""
-    job_dir = Path(HydraConfig.get().runtime.output_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
-    (job_dir / ERROR_FILE).write_text(message + "\n")
+    write_text(Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE, message + "\n")
 
 
 def job_status(job_dir: Path) -> str:
@@ -81,14 +80,14 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = job_rows(sweep_dir)
     scores = [key for key in SCORE_KEYS if any(key in row for row in rows)]
     columns = ["job", "overrides", "status", *scores, "dir"]
-    with open(sweep_dir / "summary.csv", "w", newline="") as file:
+    with atomic_write(sweep_dir / "summary.csv") as partial, open(partial, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(markdown_cell(row.get(key, "")) for key in columns) + " |"
               for row in rows]
-    (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
+    write_text(sweep_dir / "summary.md", "\n".join(lines) + "\n")
     return rows
 
 

@@ -20,7 +20,7 @@ METRIC = {
 # Omniglot 5-way 1-shot, by algorithm. The MAML family: outer steps of 4 tasks on a 32-channel
 # Conv4; training tasks carry 5 queries per class (test tasks keep 15). Second-order Meta-SGD
 # costs more per step and learns faster, so it gets 500 steps; the others 1,000.
-_GRADIENT_COMMON = ["backbone.hidden_channels=32", "algorithm.meta_batch_size=4",
+_GRADIENT_COMMON = ["backbone.hidden_channels=32", "episode.meta_batch_size=4",
                     "algorithm.outer_lr=0.003", "episode.train_query_size=5", "num_epochs=1",
                     "episode.val_episodes=50", "episode.test_episodes=200", "seed=5"]
 OMNIGLOT = {
@@ -66,5 +66,5 @@ METANET = ["algorithm=metanet", "backbone.hidden_channels=32", "episode.train_qu
 # a 100-unit controller and 64 slots (the config has the paper's 4, 200 and 128, which learn
 # more slowly). Its memory use starts after about 25,000 sequences.
 MANN = ["algorithm=mann", "algorithm.read_heads=1", "algorithm.controller_size=100",
-        "algorithm.memory_slots=64", "algorithm.meta_batch_size=48", "algorithm.outer_lr=0.003",
+        "algorithm.memory_slots=64", "episode.meta_batch_size=48", "algorithm.outer_lr=0.003",
         "trainer.gradient_clip_val=10", "episode.num_tasks=57600", *_METRIC_COMMON]

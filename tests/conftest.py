@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from metalearn.compose import compose_config
-from metalearn.run import project_root
+from metalearn.paths import project_root
 from tests import budgets
 
 ROOT = Path(project_root())
@@ -28,6 +28,16 @@ def mean_query_accuracy(model, episodes) -> float:
     return torch.cat([model.score_episodes(batch) for batch in episodes]).mean().item()
 
 
+@pytest.fixture
+def one_thread():
+    """For tests of many small ops, which gain nothing from a second thread: on a machine shared
+    with other jobs, OpenMP threads waiting on each other made such runs three times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def trained_protonet(tmp_path_factory) -> tuple[dict, Path]:
     """ProtoNet meta-trained for about a minute on Omniglot (lake split), then tested.
@@ -35,7 +45,7 @@ def trained_protonet(tmp_path_factory) -> tuple[dict, Path]:
     Returns the results record and the run directory. Shared by the tests that need a trained
     metric model, so the suite trains it once.
     """
-    from metalearn.run import train
+    from metalearn.training import train
 
     run_dir = tmp_path_factory.mktemp("protonet_run")
     return train(make_config(budgets.PROTONET, run_dir)), run_dir

@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from metalearn import MetaLearner, TaskSampler, evaluate_few_shot
+from metalearn.build import build
 from metalearn.compose import apply_settings
 from metalearn.errors import UserError
 from metalearn.flags import main as meta_learning_main
-from metalearn.run import build
 from tests.conftest import ROOT, make_config
 
 LAKE = ["dataset.split=lake", "dataset.rotations=false"]
@@ -62,8 +62,7 @@ def test_hyperparameters_land_on_the_config_keys_of_their_names(tmp_path):
     assert cfg.algorithm.inner_lr == 0.1 and cfg.algorithm.first_order is True
     assert cfg.algorithm.allow_nograd is True and cfg.backbone.hidden_channels == 16
     assert cfg.episode.k_shot == 5 and cfg.seed == 3 and cfg.episode.seed == 3
-    # the episode's meta_batch_size follows the algorithm's
-    assert cfg.algorithm.meta_batch_size == 2 and cfg.episode.meta_batch_size == 2
+    assert cfg.episode.meta_batch_size == 2 and "meta_batch_size" not in cfg.algorithm
 
 
 def test_same_settings_build_train_py_initial_weights(tmp_path):
@@ -260,7 +259,7 @@ def test_spec_examples_run(tmp_path, monkeypatch):
 @pytest.mark.parametrize("argv,message", [
     (["--algorithm", "foo"], "error: argument --algorithm: invalid choice: 'foo' (choose from "
                              "'anil', 'fomaml'"),
-    (["--shots", "0"], "error: argument --shots: 0 must be a whole number >= 1"),
+    (["--shots", "0"], "error: argument --shots: '0' is not a whole number >= 1"),
     (["--algorithm", "prototypical", "--inner-steps", "5"],
      "error: --inner-steps does not apply to protonet (it has no inner_steps setting)"),
     (["--set", "+algorithm.inner_lrr=0.1"], "error: algorithm.inner_lrr is not a setting of "
@@ -311,7 +310,7 @@ def test_api_bad_sets_and_steps_are_clear_errors():
          "support_set x has shape (5, 1, 20, 28); this protonet learner takes [examples, 1, 28, "
          "28]"),
         (lambda: learner.adapt(task.support, n_steps=3), "ProtoNet adapts in one pass"),
-        (lambda: learner.meta_train_step("tasks"), "tasks must be the Episode of "
+        (lambda: learner.meta_train_step("tasks"), "tasks must be the TaskBatch of "
                                                    "TaskSampler.sample"),
         (lambda: evaluate_few_shot(learner, TaskSampler(overrides=LAKE).sample(2), n_episodes=5),
          "tasks hold 2 episodes, fewer than n_episodes=5"),

@@ -8,9 +8,9 @@ import zipfile
 
 import pytest
 
+from metalearn.build import build
 from metalearn.data.omniglot import Omniglot
 from metalearn.errors import UserError
-from metalearn.run import build
 from tests.conftest import ROOT, make_config
 
 
@@ -22,7 +22,7 @@ def build_error(tmp_path, *overrides: str) -> str:
 
 @pytest.mark.parametrize("key,value", [
     ("episode.n_way", 0), ("episode.k_shot", 0), ("episode.query_size", -3),
-    ("episode.num_tasks", 0), ("episode.test_episodes", -1), ("algorithm.meta_batch_size", 0),
+    ("episode.num_tasks", 0), ("episode.test_episodes", -1), ("episode.meta_batch_size", 0),
     ("num_epochs", 0),
 ])
 def test_zero_or_negative_sizes(tmp_path, key, value):
@@ -57,7 +57,7 @@ def test_unknown_split(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     (["algorithm=maml", "+algorithm.inner_lrr=0.1"], "algorithm.inner_lrr is not a setting of "
      "metalearn.algorithms.maml.MAML; its settings are: allow_nograd, allow_unused, first_order, "
-     "inner_lr, inner_steps, meta_batch_size, optimizer, outer_lr, output_layer, scheduler, "
+     "inner_lr, inner_steps, optimizer, outer_lr, output_layer, scheduler, "
      "test_inner_steps, transductive_bn"),
     # Relation Networks set Conv4's feature-map keys, which the MLP does not have
     (["algorithm=relationnet", "backbone=mlp"], "backbone.flatten is not a setting of metalearn.models.backbones.MLP; "

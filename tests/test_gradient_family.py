@@ -12,7 +12,8 @@ from metalearn.algorithms.fomaml import FOMAML
 from metalearn.algorithms.maml import inner_loop
 from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.models.backbones import MLP
-from tests.test_maml_gradient import make_batch, model_meta_gradient, plain_sgd, relative_error
+from tests.helpers import make_batch, plain_sgd, relative_error
+from tests.test_maml_gradient import model_meta_gradient
 
 INNER_LR = 0.3
 
@@ -28,13 +29,13 @@ def test_fomaml_gradient_is_the_query_gradient_at_the_adapted_weights():
     model, batch = tiny(FOMAML, inner_steps=2), make_batch("regression")
     network = model.learner.module
     expected = [torch.zeros_like(p) for p in network.parameters()]
-    for t in range(batch.num_tasks):
+    for t in range(batch.batch_size):
         task = batch.task(t)
         fast = plain_sgd(network, task.support_x, task.support_y, 2, F.mse_loss, INNER_LR)
         fast = {name: w.requires_grad_() for name, w in fast.items()}
         query_loss = F.mse_loss(functional_call(network, fast, (task.query_x,)), task.query_y)
         for total, g in zip(expected, torch.autograd.grad(query_loss, list(fast.values()))):
-            total += g / batch.num_tasks
+            total += g / batch.batch_size
     assert relative_error(model_meta_gradient(model, batch), expected) < 1e-10
 
 
@@ -124,10 +125,10 @@ def test_transductive_bn_switch_decides_which_statistics_adaptation_uses():
 def test_gradient_clipping_bounds_the_outer_update(tmp_path):
     import lightning as L
 
-    from metalearn.run import build
+    from metalearn.build import build
     from tests.conftest import make_config
 
-    cfg = make_config(["experiment=maml_sinusoid", "algorithm.meta_batch_size=2",
+    cfg = make_config(["experiment=maml_sinusoid", "episode.meta_batch_size=2",
                        "algorithm.optimizer._target_=torch.optim.SGD", "algorithm.outer_lr=1.0"],
                       tmp_path)
     datamodule, model = build(cfg)

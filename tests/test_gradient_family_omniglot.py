@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metalearn.run import build, train
+from metalearn.build import build
+from metalearn.training import train
 from tests import budgets
 from tests.conftest import make_config, mean_query_accuracy
 

@@ -24,7 +24,7 @@ from wandb.proto import wandb_internal_pb2
 
 from metalearn import MetaLearner, TaskSampler, loggers, progress
 from metalearn.plots import MetricHistory, csv_rows, logged_rows
-from metalearn.run import train
+from metalearn.training import train
 from tests.conftest import make_config
 
 TINY = ["dataset.split=lake", "dataset.rotations=false", "episode.num_tasks=8", "num_epochs=1",

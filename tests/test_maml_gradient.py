@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from metalearn.algorithms.maml import MAML
-from metalearn.data.episodes import Episode
+from metalearn.data.episodes import TaskBatch
 from metalearn.models.backbones import MLP, Conv4
+from tests.helpers import make_batch, plain_sgd, relative_error
 
 INNER_LR, INNER_STEPS = 0.3, 2
 
@@ -24,24 +25,12 @@ def make_maml(first_order: bool, task_type: str = "classification") -> MAML:
     return model.double().train()
 
 
-def make_batch(task_type: str) -> Episode:
-    generator = torch.Generator().manual_seed(1)
-    if task_type == "classification":
-        support_x = torch.randn(2, 6, 1, 8, 8, generator=generator, dtype=torch.double)
-        query_x = torch.randn(2, 9, 1, 8, 8, generator=generator, dtype=torch.double)
-        support_y = torch.tensor([0, 1, 2, 0, 1, 2]).repeat(2, 1)
-        query_y = torch.tensor([0, 1, 2] * 3).repeat(2, 1)
-        return Episode(support_x, support_y, query_x, query_y)
-    x = torch.randn(2, 15, 1, generator=generator, dtype=torch.double)
-    return Episode(x[:, :5], torch.sin(x[:, :5]), x[:, 5:], torch.sin(x[:, 5:]))
-
-
-def reference_meta_gradient(model: MAML, batch: Episode, loss_fn) -> list[torch.Tensor]:
+def reference_meta_gradient(model: MAML, batch: TaskBatch, loss_fn) -> list[torch.Tensor]:
     """Explicit inner loop: phi <- phi - lr * grad(support loss), keeping the graph."""
     network = model.learner.module
     params = dict(network.named_parameters())
     outer = 0.0
-    for t in range(batch.num_tasks):
+    for t in range(batch.batch_size):
         task = batch.task(t)
         fast = dict(params)
         for _ in range(INNER_STEPS):
@@ -49,29 +38,12 @@ def reference_meta_gradient(model: MAML, batch: Episode, loss_fn) -> list[torch.
             grads = torch.autograd.grad(loss, list(fast.values()), create_graph=True)
             fast = {name: w - INNER_LR * g for (name, w), g in zip(fast.items(), grads)}
         outer = outer + loss_fn(functional_call(network, fast, (task.query_x,)), task.query_y)
-    return list(torch.autograd.grad(outer / batch.num_tasks, list(params.values())))
+    return list(torch.autograd.grad(outer / batch.batch_size, list(params.values())))
 
 
-def plain_sgd(network, x, y, steps: int, loss_fn, lr: float = INNER_LR) -> dict[str, torch.Tensor]:
-    """`steps` plain SGD steps on (x, y) from the network's weights, without a graph: the
-    adapted weights, detached."""
-    fast = {name: w.detach() for name, w in network.named_parameters()}
-    for _ in range(steps):
-        fast = {name: w.requires_grad_() for name, w in fast.items()}
-        loss = loss_fn(functional_call(network, fast, (x,)), y)
-        grads = torch.autograd.grad(loss, list(fast.values()))
-        fast = {name: (w - lr * g).detach() for (name, w), g in zip(fast.items(), grads)}
-    return fast
-
-
-def model_meta_gradient(model: MAML, batch: Episode) -> list[torch.Tensor]:
+def model_meta_gradient(model: MAML, batch: TaskBatch) -> list[torch.Tensor]:
     loss, _ = model.meta_train_loss(batch)
     return list(torch.autograd.grad(loss, list(model.learner.module.parameters())))
-
-
-def relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    a, b = torch.cat([t.flatten() for t in a]), torch.cat([t.flatten() for t in b])
-    return ((a - b).norm() / b.norm()).item()
 
 
 def test_second_order_meta_gradient_matches_hand_written_loop():
@@ -93,7 +65,7 @@ def test_evaluation_adapts_with_test_inner_steps_and_leaves_weights_alone():
     model.test_inner_steps = 5
     task = make_batch("regression").task(0)
     network = model.learner.module
-    fast = plain_sgd(network, task.support_x, task.support_y, 5, F.mse_loss)
+    fast = plain_sgd(network, task.support_x, task.support_y, 5, F.mse_loss, INNER_LR)
     expected = functional_call(network, fast, (task.query_x,))
 
     before = [p.detach().clone() for p in model.parameters()]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from metalearn.copy_task import LSTMBaseline, bit_errors_by_length, train_copy
-from metalearn.models.mann import MANN
+from metalearn.models.mann import MANNNetwork
 from metalearn.models.memory import (
     circular_shift,
     clear_least_used_slot,
@@ -22,7 +22,7 @@ from metalearn.models.memory import (
     sharpen,
     update_usage,
 )
-from metalearn.models.ntm import NTM
+from metalearn.models.ntm import NTMNetwork
 
 
 def batch(*rows) -> torch.Tensor:
@@ -97,9 +97,9 @@ def test_lru_usage_least_used_slots_and_write_weights():
 
 
 @pytest.mark.parametrize("machine", [
-    NTM(6, 3, memory_slots=8, memory_width=4, controller_size=16),
-    NTM(6, 3, memory_slots=8, memory_width=4, controller="feedforward", controller_size=16),
-    MANN(6, 3, memory_slots=8, memory_width=4, read_heads=2, controller_size=16),
+    NTMNetwork(6, 3, memory_slots=8, memory_width=4, controller_size=16),
+    NTMNetwork(6, 3, memory_slots=8, memory_width=4, controller="feedforward", controller_size=16),
+    MANNNetwork(6, 3, memory_slots=8, memory_width=4, read_heads=2, controller_size=16),
 ])
 def test_memory_is_wiped_between_sequences(machine):
     torch.manual_seed(0)
@@ -119,7 +119,7 @@ def test_memory_is_wiped_between_sequences(machine):
 @pytest.mark.slow
 def test_ntm_learns_to_copy_far_better_than_an_lstm_of_similar_size():
     torch.manual_seed(0)
-    ntm = NTM(9, 8, memory_slots=16, memory_width=10, controller_size=50)
+    ntm = NTMNetwork(9, 8, memory_slots=16, memory_width=10, controller_size=50)
     lstm = LSTMBaseline(9, 8, hidden_size=64)
     sizes = [sum(p.numel() for p in model.parameters()) for model in (ntm, lstm)]
     assert 0.8 < sizes[1] / sizes[0] < 1.25, sizes

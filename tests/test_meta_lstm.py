@@ -10,21 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from metalearn.algorithms.meta_lstm import MetaLearnerState, MetaLSTM, preprocess
-from metalearn.data.episodes import Episode
+from metalearn.data.episodes import Task, TaskBatch
 from metalearn.models.backbones import Conv4
-from metalearn.run import train
+from metalearn.training import train
 from tests import budgets
 from tests.conftest import make_config
+from tests.helpers import make_batch, relative_error
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These ops are too small to gain from a second thread, and on a machine shared with other
-    jobs OpenMP threads waiting on each other made the Omniglot run three times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(inner_steps: int = 3) -> MetaLSTM:
@@ -33,15 +26,6 @@ def make_model(inner_steps: int = 3) -> MetaLSTM:
     model = MetaLSTM(backbone, inner_steps=inner_steps, test_inner_steps=inner_steps,
                      hidden_size=5, output_dim=3)
     return model.double().train()
-
-
-def make_batch() -> Episode:
-    generator = torch.Generator().manual_seed(1)
-    support_x = torch.randn(2, 6, 1, 8, 8, generator=generator, dtype=torch.double)
-    query_x = torch.randn(2, 9, 1, 8, 8, generator=generator, dtype=torch.double)
-    support_y = torch.tensor([0, 1, 2, 0, 1, 2]).repeat(2, 1)
-    query_y = torch.tensor([0, 1, 2] * 3).repeat(2, 1)
-    return Episode(support_x, support_y, query_x, query_y)
 
 
 def hand_update(model: MetaLSTM, theta, gradient, loss, state: MetaLearnerState):
@@ -58,7 +42,7 @@ def hand_update(model: MetaLSTM, theta, gradient, loss, state: MetaLearnerState)
     return forget * theta - input_ * gradient, MetaLearnerState(hidden, cell, forget, input_)
 
 
-def reference_theta(model: MetaLSTM, task: Episode, steps: int, gradient_graph: bool = False):
+def reference_theta(model: MetaLSTM, task: Task, steps: int, gradient_graph: bool = False):
     """theta_T by hand_update. gradient_graph=True keeps the gradient and loss differentiable
     (the 'gradients of the gradient' the paper ignores), to show the difference is measurable."""
     theta = model.initial_theta
@@ -72,18 +56,14 @@ def reference_theta(model: MetaLSTM, task: Episode, steps: int, gradient_graph: 
     return theta
 
 
-def meta_gradient(model: MetaLSTM, batch: Episode, gradient_graph: bool) -> torch.Tensor:
+def meta_gradient(model: MetaLSTM, batch: TaskBatch, gradient_graph: bool) -> torch.Tensor:
     loss = sum(
         F.cross_entropy(model.learner_forward(
             reference_theta(model, task, model.inner_steps, gradient_graph), task.query_x),
             task.query_y)
-        for task in map(batch.task, range(batch.num_tasks))
-    ) / batch.num_tasks
+        for task in batch.tasks()
+    ) / batch.batch_size
     return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 def test_preprocessing_of_known_numbers():
@@ -126,7 +106,7 @@ def test_meta_update_matches_the_equations():
 
 
 def test_meta_gradient_treats_support_gradients_as_constants():
-    model, batch = make_model(), make_batch()
+    model, batch = make_model(), make_batch("classification")
     loss, _ = model.meta_train_loss(batch)
     got = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
     assert relative_error(got, meta_gradient(model, batch, gradient_graph=False)) < 1e-8
@@ -137,7 +117,7 @@ def test_meta_gradient_treats_support_gradients_as_constants():
 def test_evaluation_adapts_with_test_inner_steps_and_returns_constants():
     model = make_model(inner_steps=1)
     model.test_inner_steps = 3
-    task = make_batch().task(0)
+    task = make_batch("classification").task(0)
     expected = model.learner_forward(reference_theta(model, task, 3), task.query_x)
     with torch.no_grad():  # as Lightning evaluates
         predictions = model.adapt_and_predict(task.support_x, task.support_y, task.query_x)
@@ -146,7 +126,7 @@ def test_evaluation_adapts_with_test_inner_steps_and_returns_constants():
 
 
 def test_batchnorm_uses_batch_statistics_at_test_time():
-    model, task = make_model(), make_batch().task(0)
+    model, task = make_model(), make_batch("classification").task(0)
     assert list(model.learner.buffers()) == []  # no running averages to fall back on
     with torch.no_grad():
         in_training = model.adapt_and_predict(task.support_x, task.support_y, task.query_x)
@@ -160,7 +140,7 @@ def test_batchnorm_uses_batch_statistics_at_test_time():
 
 
 def test_a_training_step_moves_c0_and_every_meta_learner_weight():
-    model, batch = make_model(), make_batch()
+    model, batch = make_model(), make_batch("classification")
     optimizer = model.configure_optimizers()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     assert {"initial_theta", "forget_weight", "input_weight", "forget_bias", "input_bias",

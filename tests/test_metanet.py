@@ -11,21 +11,15 @@ from torch import nn
 
 from metalearn.algorithms.meta_lstm import preprocess
 from metalearn.algorithms.metanet import AugmentedLinear, MetaNet, distinct_pairs, read_memory
-from metalearn.data.episodes import Episode
+from metalearn.build import build
+from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
 from metalearn.models.backbones import Conv4
-from metalearn.run import build, train
+from metalearn.training import train
 from tests import budgets
 from tests.conftest import make_config, mean_query_accuracy
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small ops; a second OpenMP thread only waits on a machine shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(**kwargs) -> MetaNet:
@@ -246,7 +240,7 @@ def test_meta_information_is_first_order():
 
 def test_a_training_step_trains_every_parameter():
     model = make_model().train()
-    batch = Episode(images(6).unsqueeze(0), SUPPORT_Y.unsqueeze(0), images(9, seed=1).unsqueeze(0),
+    batch = TaskBatch(images(6).unsqueeze(0), SUPPORT_Y.unsqueeze(0), images(9, seed=1).unsqueeze(0),
                     torch.arange(3).repeat(3).unsqueeze(0))
     loss, predictions = model.meta_train_loss(batch)
     assert predictions.shape == (1, 9, 3)

@@ -12,18 +12,16 @@ import torch.nn.functional as F
 
 from metalearn.algorithms.matchingnet import MatchingNet
 from metalearn.algorithms.protonet import ProtoNet
-from metalearn.algorithms.relationnet import RelationNet, class_feature_sums
+from metalearn.algorithms.relationnet import RelationNet
 from metalearn.algorithms.siamese import SiameseNet, balanced_pairs
-from metalearn.data.episodes import Episode
+from metalearn.build import build
+from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
 from metalearn.models.backbones import Conv4
-from metalearn.run import build, train
+from metalearn.training import train
 from tests import budgets
 from tests.conftest import make_config, mean_query_accuracy
-
-
-def images(count: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(count, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+from tests.helpers import images
 
 
 def metric_model(name: str, **kwargs):
@@ -126,10 +124,11 @@ def test_relation_scores_lie_in_0_1_and_the_class_feature_is_the_sum_of_its_supp
 
 
 def test_class_feature_sums_by_hand():
+    model = metric_model("relationnet")
     features = torch.arange(12.0).view(3, 1, 2, 2)
-    sums = class_feature_sums(features, torch.tensor([1, 0, 1]))
-    assert torch.equal(sums[0], features[1])
-    assert torch.equal(sums[1], features[0] + features[2])
+    model.process_support_features(features, torch.tensor([1, 0, 1]))
+    assert torch.equal(model.class_features[0], features[1])
+    assert torch.equal(model.class_features[1], features[0] + features[2])
 
 
 def test_relation_loss_is_the_squared_error_to_one_hot_targets():
@@ -204,7 +203,7 @@ def test_siamese_similarity_is_a_learned_weighted_l1_distance():
 def test_siamese_trains_on_binary_cross_entropy_of_its_pairs():
     model = metric_model("siamese").train()
     support_y = torch.randperm(5, generator=torch.Generator().manual_seed(0))
-    batch = Episode(images(5).unsqueeze(0), support_y.unsqueeze(0),
+    batch = TaskBatch(images(5).unsqueeze(0), support_y.unsqueeze(0),
                     images(10, seed=1).unsqueeze(0), torch.arange(5).repeat(2).unsqueeze(0))
     loss, predictions = model.meta_train_loss(batch)
     task = batch.task(0)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from metalearn.algorithms.protonet import ProtoNet, class_prototypes
+from metalearn.algorithms.protonet import ProtoNet
 from metalearn.models.backbones import Conv4
 from tests.conftest import ROOT
 
@@ -21,7 +21,9 @@ def test_prototypes_are_class_means():
     features = torch.tensor([[0.0, 2.0], [4.0, 0.0], [2.0, 2.0], [1.0, 1.0]])
     labels = torch.tensor([1, 0, 1, 0])
     expected = torch.tensor([[2.5, 0.5], [1.0, 2.0]])
-    assert torch.allclose(class_prototypes(features, labels), expected)
+    model = ProtoNet(Conv4((1, 28, 28)))
+    model.process_support_features(features, labels)
+    assert torch.allclose(model.prototypes, expected)
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])

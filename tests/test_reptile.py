@@ -14,12 +14,13 @@ from torch.optim.lr_scheduler import StepLR
 from torch.utils.data import DataLoader
 
 from metalearn.algorithms.reptile import Reptile
+from metalearn.build import build
 from metalearn.errors import UserError
 from metalearn.models.backbones import MLP, Conv4
-from metalearn.run import build, train
+from metalearn.training import train
 from tests import budgets
 from tests.conftest import make_config, mean_query_accuracy
-from tests.test_maml_gradient import make_batch, relative_error
+from tests.helpers import make_batch, relative_error
 
 INNER_LR, INNER_STEPS, OUTER_LR = 0.05, 3, 0.7
 
@@ -62,7 +63,7 @@ def expected_outer_step(model: Reptile, batch, optimizer: str) -> list[torch.Ten
     adapted = [
         reference_fine_tune(model.learner, torch.cat([task.support_x, task.query_x]),
                             torch.cat([task.support_y, task.query_y]), INNER_STEPS, optimizer)
-        for task in map(batch.task, range(batch.num_tasks))
+        for task in batch.tasks()
     ]
     return [OUTER_LR * (sum(phi[name] for phi in adapted) / len(adapted) - w)
             for name, w in theta.items()]

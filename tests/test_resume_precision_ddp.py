@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metalearn.run import build, train
+from metalearn.build import build
+from metalearn.training import train
 from tests.conftest import ROOT, make_config
 
 TINY = ["dataset.split=lake", "dataset.rotations=false", "episode.val_episodes=10",
@@ -104,7 +105,7 @@ def test_mixed_precision_inner_loops_run_in_float32(tmp_path, algorithm):
     Measured over six initialisations: MAML 2-5% off in bf16, 0.5-2% in float16; with 16-bit inner
     loops it was 22-58% and float16 overflowed, at any loss scale on one of the six."""
     torch.manual_seed(0)
-    cfg = make_config([f"algorithm={algorithm}", "algorithm.meta_batch_size=2",
+    cfg = make_config([f"algorithm={algorithm}", "episode.meta_batch_size=2",
                        "backbone.hidden_channels=16", *TINY], tmp_path)
     datamodule, model = build(cfg)
     batch = next(iter(datamodule.train_dataloader()))
@@ -118,7 +119,7 @@ def test_mixed_precision_inner_loops_run_in_float32(tmp_path, algorithm):
 
 
 def test_maml_support_pass_is_float32_and_query_pass_bf16_under_autocast(tmp_path):
-    cfg = make_config(["algorithm=maml", "algorithm.meta_batch_size=2",
+    cfg = make_config(["algorithm=maml", "episode.meta_batch_size=2",
                        "backbone.hidden_channels=16", *TINY], tmp_path)
     datamodule, model = build(cfg)
     batch = next(iter(datamodule.train_dataloader()))
@@ -158,7 +159,7 @@ def test_two_process_cpu_ddp_matches_one_process(tmp_path, algorithm):
     CI); float64's (1e-16) stay far below the tolerance. The outer optimiser is SGD: Adam divides
     by the gradient's magnitude, so the rounding noise of parameters whose gradient is zero in
     exact arithmetic (conv biases before BatchNorm) would become whole steps."""
-    overrides = [f"algorithm={algorithm}", "algorithm.meta_batch_size=4", "episode.num_tasks=24",
+    overrides = [f"algorithm={algorithm}", "episode.meta_batch_size=4", "episode.num_tasks=24",
                  "algorithm.optimizer._target_=torch.optim.SGD", "algorithm.outer_lr=0.05",
                  "num_epochs=1", "backbone.hidden_channels=16", "episode.train_n_way=null",
                  "episode.train_query_size=null", "test_ckpt=last", "~logger",

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from metalearn.algorithms.base import EpisodicModule
-from metalearn.run import build, train
+from metalearn.build import build
+from metalearn.training import train
 from tests import budgets
 from tests.conftest import make_config
 
@@ -17,7 +18,7 @@ def mean_query_mse(model: EpisodicModule, episodes, adapt: bool) -> float:
     model.eval()
     losses = []
     for batch in episodes:
-        for task in map(batch.task, range(batch.num_tasks)):
+        for task in batch.tasks():
             if adapt:
                 predictions = model.adapt_and_predict(task.support_x, task.support_y, task.query_x)
             else:

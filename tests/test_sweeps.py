@@ -25,7 +25,7 @@ from tests.conftest import ROOT
 # A few seconds of meta-training per job on 2 CPU cores.
 TINY = ["dataset.split=lake", "dataset.rotations=false", "episode.num_tasks=8", "num_epochs=1",
         "episode.val_episodes=4", "episode.test_episodes=8", "backbone.hidden_channels=8",
-        "algorithm.meta_batch_size=2"]
+        "episode.meta_batch_size=2"]
 
 
 def run_multirun(sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ model can predict any later batch.
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor, nn
 
 from metalearn.algorithms.maml import MAML
 from metalearn.errors import UserError
@@ -19,8 +19,13 @@ class ANIL(MAML):
     supported_task_types = ("classification",)
     user_network_is_learner = False  # the network is the body; ANIL adapts the layer it adds
 
-    def split_model(self, backbone: nn.Module, output_layer: bool) -> tuple[nn.Module, nn.Module]:
+    def build_learner(self, backbone: nn.Module, output_layer: bool) -> nn.Module:
+        """The head, a linear layer on the body's features; the backbone becomes the body."""
         if not output_layer:
             raise UserError("anil adapts only the output layer it adds to the backbone, so "
                             "algorithm.output_layer must be true")
-        return backbone, nn.Linear(backbone.out_features, self.output_dim)
+        self.body = backbone
+        return nn.Linear(backbone.out_features, self.output_dim)
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(x)

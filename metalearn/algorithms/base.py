@@ -4,20 +4,19 @@ It owns what all algorithms share: meta-batches in, the training loss and its lo
 scores on meta-val and meta-test with their 95% confidence interval, the optimiser, and the check
 that stops a run whose loss stops being finite. An algorithm implements two things:
 
-- `meta_train_loss(batch)`: the loss to minimise on a meta-batch, with the query predictions;
-- `adapt_and_predict(support_x, support_y, query_x)`: learn from one task's support set and
-  predict its queries (class scores, or regression outputs).
+- `meta_train_loss(batch)`: the loss to minimise on a batch of tasks, with the query predictions;
+- `adapt(support_x, support_y, steps=None)`: learn one task from its support set and return the
+  function that predicts its queries (class scores, or regression outputs). `steps` is the number
+  of inner steps of the algorithms that adapt by gradient steps; the others adapt in one pass.
 
-Algorithms that adapt by gradient steps also override `adapt`, so that the Python API adapts once
-and can choose the number of steps. So evaluation, the API and the entry points never branch on
-the algorithm's name.
+Evaluation, the Python API and the entry points only ever call these, so they never branch on the
+algorithm's name.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from functools import partial
 
 import lightning as L
 import torch
@@ -25,11 +24,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.aggregation import CatMetric
 
-from metalearn.data.episodes import Episode
+from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
-from metalearn.evaluation import mean_and_ci95
+from metalearn.statistics import mean_and_ci95
 
 TASK_TYPES = ("classification", "regression")
+
+#: predicts the queries of the task an algorithm adapted to: query_x -> scores or outputs
+Predictor = Callable[[Tensor], Tensor]
 
 
 class NonFiniteLossError(UserError):
@@ -43,7 +45,6 @@ class EpisodicModule(L.LightningModule):
     Args:
         task_type: "classification" or "regression" (the runner takes it from the dataset).
         output_dim: classes per task (n_way) for classification, target width for regression.
-        meta_batch_size: tasks per meta-training step (the data module batches them).
         outer_lr: learning rate of the outer (meta) optimiser.
         optimizer: factory `params, lr -> Optimizer` (a `_partial_` config); Adam by default.
         scheduler: optional factory `optimizer -> LRScheduler`, stepped every epoch.
@@ -63,7 +64,6 @@ class EpisodicModule(L.LightningModule):
         self,
         task_type: str = "classification",
         output_dim: int = 5,
-        meta_batch_size: int = 1,
         outer_lr: float = 1e-3,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
@@ -84,27 +84,28 @@ class EpisodicModule(L.LightningModule):
 
     # What an algorithm implements -------------------------------------------------------------
     @abstractmethod
-    def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
+    def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """(loss averaged over the batch's tasks, query predictions [B, Q, ...])."""
 
     @abstractmethod
-    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        """Adapts to one task's support set and returns its query predictions [Q, ...]."""
-
-    def adapt(self, support_x: Tensor, support_y: Tensor,
-              steps: int | None = None) -> Callable[[Tensor], Tensor]:
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
         """Learns one task from its support set; returns the function predicting its queries.
 
-        This default replays `adapt_and_predict` at each call, which suits algorithms that adapt
-        in one forward pass. Gradient-based algorithms override it to adapt once, in `steps`
-        inner steps (default: their `test_inner_steps`).
+        `steps`: inner steps, for the algorithms that adapt by gradient steps (None: their
+        `test_inner_steps`); the others adapt in one pass and refuse a number (`one_pass`).
         """
+
+    # Shared ------------------------------------------------------------------------------------
+    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """Adapts to one task's support set and returns its query predictions [Q, ...]."""
+        return self.adapt(support_x, support_y)(query_x)
+
+    def one_pass(self, steps: int | None) -> None:
+        """For algorithms that adapt in one pass over the support set: refuses a step count."""
         if steps is not None:
             raise UserError(f"{type(self).__name__} adapts in one pass over the support set; "
                             "n_steps applies only to algorithms that adapt by gradient steps")
-        return partial(self.adapt_and_predict, support_x, support_y)
 
-    # Shared ------------------------------------------------------------------------------------
     @property
     def score_name(self) -> str:
         return "acc" if self.task_type == "classification" else "mse"
@@ -120,7 +121,7 @@ class EpisodicModule(L.LightningModule):
             return (predictions.argmax(-1) == targets).float().flatten(1).mean(1)
         return (predictions - targets).pow(2).flatten(1).mean(1)
 
-    def checked_meta_train_loss(self, batch: Episode, step: int) -> tuple[Tensor, Tensor]:
+    def checked_meta_train_loss(self, batch: TaskBatch, step: int) -> tuple[Tensor, Tensor]:
         """meta_train_loss, stopping the run when the loss is no longer finite."""
         loss, predictions = self.meta_train_loss(batch)
         if not torch.isfinite(loss):
@@ -131,22 +132,21 @@ class EpisodicModule(L.LightningModule):
             )
         return loss, predictions
 
-    def training_step(self, batch: Episode, batch_idx: int) -> Tensor:
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         loss, predictions = self.checked_meta_train_loss(batch, self.global_step)
         score = self.episode_score(predictions.detach(), batch.query_y).mean()
         self.log("train/loss", loss, prog_bar=True)
         self.log(f"train/{self.score_name}", score, prog_bar=True)
         return loss
 
-    def score_episodes(self, batch: Episode) -> Tensor:
+    def score_episodes(self, batch: TaskBatch) -> Tensor:
         """Adapts to each task of the batch in turn and scores its queries: [B]."""
-        predictions = torch.stack([
-            self.adapt_and_predict(task.support_x, task.support_y, task.query_x)
-            for task in map(batch.task, range(batch.num_tasks))
-        ])
+        predictions = torch.stack([self.adapt_and_predict(task.support_x, task.support_y,
+                                                          task.query_x)
+                                   for task in batch.tasks()])
         return self.episode_score(predictions, batch.query_y)
 
-    def evaluate_episodes(self, batch: Episode, split: str) -> None:
+    def evaluate_episodes(self, batch: TaskBatch, split: str) -> None:
         self.episode_scores[split].update(self.score_episodes(batch))
 
     def report_episodes(self, split: str) -> dict[str, float]:
@@ -156,13 +156,13 @@ class EpisodicModule(L.LightningModule):
         self.log_dict(results, prog_bar=split == "val", sync_dist=False)
         return results
 
-    def validation_step(self, batch: Episode, batch_idx: int) -> None:
+    def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self.evaluate_episodes(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
         self.report_episodes("val")
 
-    def test_step(self, batch: Episode, batch_idx: int) -> None:
+    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self.evaluate_episodes(batch, "test")
 
     def on_test_epoch_end(self) -> None:

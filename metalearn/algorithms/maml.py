@@ -7,37 +7,32 @@ query loss, differentiating through the inner steps (second order) unless `first
 Evaluation adapts with `test_inner_steps` steps (the paper used 10 at test time, against 1 to 5
 in training).
 
-The learner is the backbone followed by a linear output layer of `output_dim` units, or the
-backbone alone with `output_layer=False` (a user's whole network, through the Python API);
-subclasses change what is adapted (`split_model`: ANIL adapts the output layer only) and how
-(`wrap`: Meta-SGD). BatchNorm: with `transductive_bn=True` (the default, and the convention of
-the original MAML code) adaptation and prediction at test time use the statistics of the task's
-own batch (support, then query), as during meta-training; with False they use the running averages
-collected during meta-training.
+Subclasses change what is adapted (`features`: ANIL adapts the output layer on top of a shared
+body) and how (`wrap`: Meta-SGD's learned rates). learn2learn's `allow_unused` and
+`allow_nograd` let the inner loop skip parameters the support loss does not use or that do not
+require gradients.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import learn2learn as l2l
 import torch
 from torch import Tensor, nn
 
-from metalearn.algorithms.base import EpisodicModule
-from metalearn.data.episodes import Episode
-from metalearn.models.backbones import learner_network
+from metalearn.algorithms.gradient import GradientModule
+from metalearn.data.episodes import TaskBatch
 
 
 def inner_loop(
-    learner: l2l.algorithms.MAML,
+    learner: l2l.algorithms.BaseLearner,
     support_x: Tensor,
     support_y: Tensor,
     steps: int,
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     first_order: bool | None = None,
-) -> l2l.algorithms.MAML:
+) -> l2l.algorithms.BaseLearner:
     """Clones `learner` and takes `steps` gradient steps on the support loss.
 
     The one place where MAML-family algorithms adapt; a faster backend can replace it alone.
@@ -55,34 +50,19 @@ def inner_loop(
     return adapted
 
 
-class MAML(EpisodicModule):
-    supported_task_types = ("classification", "regression")
-    user_network_is_learner = True
+class MAML(GradientModule):
+    """Args (besides GradientModule's):
+        inner_lr: the inner SGD step size (paper: 0.4 on Omniglot, 0.01 on the sinusoid).
+        first_order: drop the second-order terms of the meta-gradient (FOMAML).
+        allow_unused: let the inner loop skip parameters the support loss does not use.
+        allow_nograd: let it skip parameters that do not require gradients (kept as they are).
+    """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        inner_lr: float = 0.4,
-        inner_steps: int = 1,
-        test_inner_steps: int = 3,
-        first_order: bool = False,
-        allow_unused: bool | None = None,
-        allow_nograd: bool = False,
-        transductive_bn: bool = True,
-        output_layer: bool = True,
-        **base_args,
-    ):
-        super().__init__(**base_args)
+    def __init__(self, backbone: nn.Module, inner_lr: float = 0.4, first_order: bool = False,
+                 allow_unused: bool | None = None, allow_nograd: bool = False, **gradient_args):
+        super().__init__(backbone, **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
-        self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
-        self.transductive_bn = transductive_bn
-        self.body, adapted_part = self.split_model(backbone, output_layer)
-        self.learner = self.wrap(adapted_part)
-
-    def split_model(self, backbone: nn.Module, output_layer: bool) -> tuple[nn.Module, nn.Module]:
-        """(body, learner): the body is shared by all tasks and changes only in the outer loop;
-        the learner is adapted in the inner loop. MAML adapts the whole network."""
-        return nn.Identity(), learner_network(backbone, self.output_dim, output_layer)
+        self.learner = self.wrap(self.learner)
 
     def wrap(self, model: nn.Module) -> l2l.algorithms.BaseLearner:
         """The learn2learn wrapper that clones and adapts the learner."""
@@ -92,44 +72,25 @@ class MAML(EpisodicModule):
             allow_unused=hparams.allow_unused, allow_nograd=hparams.allow_nograd,
         )
 
-    def task_predictions(self, task: Episode, steps: int) -> Tensor:
-        """Adapts to the task's support set in `steps` steps and predicts its queries."""
-        adapted = inner_loop(self.learner, self.body(task.support_x), task.support_y, steps,
-                             self.task_loss)
-        return adapted(self.body(task.query_x))
+    def features(self, x: Tensor) -> Tensor:
+        """What the adapted learner reads: the inputs themselves (ANIL: its body's features)."""
+        return x
 
-    def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
-        predictions = [self.task_predictions(batch.task(t), self.inner_steps)
-                       for t in range(batch.num_tasks)]
+    def adapt_weights(self, support_x: Tensor, support_y: Tensor, steps: int,
+                      first_order: bool = True) -> l2l.algorithms.BaseLearner:
+        """first_order defaults to True: at test time nothing differentiates through the steps,
+        so no graph is kept (the adapted weights are the same)."""
+        return inner_loop(self.learner, self.features(support_x), support_y, steps,
+                          self.task_loss, first_order)
+
+    def predict_adapted(self, adapted: l2l.algorithms.BaseLearner, query_x: Tensor) -> Tensor:
+        return adapted(self.features(query_x))
+
+    def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        predictions = [
+            self.predict_adapted(self.adapt_weights(task.support_x, task.support_y,
+                                                    self.inner_steps, first_order=None), task.query_x)
+            for task in batch.tasks()
+        ]
         losses = [self.task_loss(p, y) for p, y in zip(predictions, batch.query_y)]
         return torch.stack(losses).mean(), torch.stack(predictions)
-
-    @contextmanager
-    def adaptation_mode(self) -> Iterator[None]:
-        """BatchNorm on each batch's own statistics (transductive) or on the running averages."""
-        modes = [module.training for module in (self.body, self.learner)]
-        self.body.train(self.transductive_bn)
-        self.learner.train(self.transductive_bn)
-        try:
-            yield
-        finally:
-            self.body.train(modes[0])
-            self.learner.train(modes[1])
-
-    def adapt(self, support_x: Tensor, support_y: Tensor,
-              steps: int | None = None) -> Callable[[Tensor], Tensor]:
-        steps = self.test_inner_steps if steps is None else steps
-        # Lightning evaluates without gradients; adaptation needs them. first_order: the same
-        # adapted weights, without keeping a graph nobody will use.
-        with self.adaptation_mode(), torch.enable_grad():
-            adapted = inner_loop(self.learner, self.body(support_x), support_y, steps,
-                                 self.task_loss, first_order=True)
-
-        def predict(query_x: Tensor) -> Tensor:
-            with self.adaptation_mode():
-                return adapted(self.body(query_x)).detach()
-
-        return predict
-
-    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        return self.adapt(support_x, support_y)(query_x)

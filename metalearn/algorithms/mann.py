@@ -10,11 +10,11 @@ from __future__ import annotations
 from torch import nn
 
 from metalearn.algorithms.sequence import SequenceEpisodeModule
-from metalearn.models.mann import MANN as MANNNetwork
+from metalearn.models.mann import MANNNetwork
 
 
 class MANN(SequenceEpisodeModule):
-    """Args: the memory network's settings (see metalearn.models.mann.MANN)."""
+    """Args: the memory network's settings (see metalearn.models.mann.MANNNetwork)."""
 
     def __init__(self, backbone: nn.Module, memory_slots: int = 128, memory_width: int = 40,
                  read_heads: int = 4, controller_size: int = 200, usage_decay: float = 0.99,

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalearn.algorithms.metric import MetricModule
+from metalearn.algorithms.metric import MetricModule, cosine_similarity
 
 
 class SupportContext(nn.Module):
@@ -79,20 +79,17 @@ class MatchingNet(MetricModule):
         dim = backbone.out_features
         self.support_context = SupportContext(dim) if fce else None
         self.query_attention = QueryAttentionLSTM(dim, processing_steps) if fce else None
-        self.support_features: Tensor | None = None
-        self.support_one_hot: Tensor | None = None
 
     def process_support_features(self, support_features: Tensor, support_y: Tensor) -> None:
         if self.support_context is not None:
             support_features = self.support_context(support_features)
-        self.support_features = support_features
-        self.support_one_hot = F.one_hot(support_y).to(support_features.dtype)  # [S, N]
+        super().process_support_features(support_features, support_y)
 
     def attention(self, query_features: Tensor) -> Tensor:
         """a(x, x_i): [Q, S], each row a softmax over the support set of cosine similarities."""
         if self.query_attention is not None:
             query_features = self.query_attention(query_features, self.support_features)
-        cosine = F.normalize(query_features, dim=-1) @ F.normalize(self.support_features, dim=-1).T
+        cosine = cosine_similarity(query_features, self.support_features)
         return F.softmax(self.cosine_scale * cosine, dim=1)
 
     def score_queries(self, query_features: Tensor) -> Tensor:

@@ -18,7 +18,8 @@ theta_T trains the meta-learner and c_0 (Adam, `outer_lr`; the paper clips the g
 As in the paper: the gradient and loss fed to the meta-learner are constants ("we ignore the
 gradients of the gradient", section 3.2), so the meta-gradient flows through theta_{t-1} in the
 update but not through the support loss's derivatives; BatchNorm always normalises with the
-batch's statistics, at test time too, and keeps no running averages; b_f starts large and b_i
+batch's statistics, at test time too, and keeps no running averages (`transductive_bn=false`
+keeps them and predicts with them at test time instead); b_f starts large and b_i
 small (the authors' code: U[4, 5] and U[-5, -4]), so training starts as plain SGD with a rate near
 0.01. What we changed, and why: every inner step uses the whole support set (the authors' 1-shot
 configs did the same; with more shots they iterated over minibatches), which keeps one step one
@@ -31,16 +32,14 @@ filters, is what configs/experiment/meta_lstm_omniglot.yaml selects.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalearn.algorithms.base import EpisodicModule
-from metalearn.data.episodes import Episode
-from metalearn.models.backbones import learner_network
+from metalearn.algorithms.gradient import GradientModule
+from metalearn.data.episodes import TaskBatch
 
 
 def preprocess(x: Tensor, p: float = 10.0) -> Tensor:
@@ -76,26 +75,22 @@ class MetaLearnerState(NamedTuple):
     input: Tensor
 
 
-class MetaLSTM(EpisodicModule):
-    user_network_is_learner = True
+class MetaLSTM(GradientModule):
+    """Args (besides GradientModule's; `transductive_bn` defaults to the paper's batch statistics
+    and removes the running averages, false keeps them for prediction at test time):
+        hidden_size: units of the first LSTM layer, shared by every coordinate (paper: 20).
+        preprocess_p: p of the gradient and loss preprocessing of Andrychowicz et al. 2016.
+    """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        inner_steps: int = 15,
-        test_inner_steps: int = 15,
-        hidden_size: int = 20,
-        preprocess_p: float = 10.0,
-        output_layer: bool = True,
-        **base_args,
-    ):
-        super().__init__(**base_args)
+    supported_task_types = ("classification",)
+
+    def __init__(self, backbone: nn.Module, hidden_size: int = 20, preprocess_p: float = 10.0,
+                 **gradient_args):
+        super().__init__(backbone, **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
-        self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
         self.preprocess_p = preprocess_p
-
-        self.learner = learner_network(backbone, self.output_dim, output_layer)
-        use_batch_statistics(self.learner)
+        if self.transductive_bn:
+            use_batch_statistics(self.learner)
         named = list(self.learner.named_parameters())
         self.param_names = [name for name, _ in named]
         self.param_shapes = [p.shape for _, p in named]
@@ -152,7 +147,7 @@ class MetaLSTM(EpisodicModule):
                                @ self.input_weight + self.input_bias)
         return forget * theta - input_ * gradient, MetaLearnerState(hidden, cell, forget, input_)
 
-    def adapted_weights(self, support_x: Tensor, support_y: Tensor, steps: int) -> Tensor:
+    def inner_loop(self, support_x: Tensor, support_y: Tensor, steps: int) -> Tensor:
         """theta_T after `steps` meta-learner steps on the whole support set, from c_0. In float32
         under mixed precision too: a 16-bit forget gate near 1 would round away the updates."""
         theta = self.initial_theta
@@ -163,28 +158,20 @@ class MetaLSTM(EpisodicModule):
                 theta, state = self.meta_update(theta, gradient, loss, state)
         return theta
 
-    # EpisodicModule ---------------------------------------------------------------------------
-    def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
-        total, predictions = 0.0, []
-        for task in map(batch.task, range(batch.num_tasks)):
-            theta = self.adapted_weights(task.support_x, task.support_y, self.inner_steps)
-            query_predictions = self.learner_forward(theta, task.query_x)
-            total = total + self.task_loss(query_predictions, task.query_y)
-            predictions.append(query_predictions)
-        return total / batch.num_tasks, torch.stack(predictions)
+    # GradientModule ---------------------------------------------------------------------------
+    def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        predictions = [
+            self.learner_forward(self.inner_loop(task.support_x, task.support_y, self.inner_steps),
+                                 task.query_x)
+            for task in batch.tasks()
+        ]
+        losses = [self.task_loss(p, y) for p, y in zip(predictions, batch.query_y)]
+        return torch.stack(losses).mean(), torch.stack(predictions)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor,
-              steps: int | None = None) -> Callable[[Tensor], Tensor]:
-        steps = self.test_inner_steps if steps is None else steps
+    def adapt_weights(self, support_x: Tensor, support_y: Tensor, steps: int) -> Tensor:
         # no graph through the meta-learner: only the support gradients need autograd
         with torch.no_grad():
-            theta = self.adapted_weights(support_x, support_y, steps)
+            return self.inner_loop(support_x, support_y, steps)
 
-        def predict(query_x: Tensor) -> Tensor:
-            with torch.no_grad():
-                return self.learner_forward(theta, query_x)
-
-        return predict
-
-    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        return self.adapt(support_x, support_y)(query_x)
+    def predict_adapted(self, adapted: Tensor, query_x: Tensor) -> Tensor:
+        return self.learner_forward(adapted, query_x)

@@ -61,14 +61,16 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalearn.algorithms.base import EpisodicModule
+from metalearn.algorithms.base import EpisodicModule, Predictor
 from metalearn.algorithms.meta_lstm import preprocess
-from metalearn.data.episodes import Episode
+from metalearn.algorithms.metric import cosine_similarity
+from metalearn.data.episodes import TaskBatch
 
 #: one layer's (weight, bias): [out, in] and [out] shared by all rows, or [B, out, in] and [B, out]
 #: with one set per row
@@ -137,6 +139,16 @@ def read_memory(attention: Tensor, memory: Sequence[LayerWeights]) -> list[Layer
     ([S, out, in], [S, out] per layer) gives [Q, out, in], [Q, out] per layer."""
     return [(torch.einsum("qs,soi->qoi", attention, weight), attention @ bias)
             for weight, bias in memory]
+
+
+class TaskMemory(NamedTuple):
+    """What a task's support set leaves: u's task-level fast weights Q* (None without pairs),
+    b's example-level fast weights (the memory M, per layer [S, out, in] and [S, out]) and
+    their keys (the memory R, [S, embedding_dim])."""
+
+    task_fast: list[LayerWeights] | None
+    fast_weights: list[LayerWeights]
+    keys: Tensor
 
 
 def reinitialise(module: nn.Module) -> None:
@@ -293,8 +305,7 @@ class MetaNet(EpisodicModule):
 
     def attention(self, keys: Tensor, queries: Tensor) -> Tensor:
         """softmax over the memory of the cosine similarities of each query to the keys: [Q, S]."""
-        cosine = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).T
-        return F.softmax(self.cosine_scale * cosine, dim=-1)
+        return F.softmax(self.cosine_scale * cosine_similarity(queries, keys), dim=-1)
 
     # One task ---------------------------------------------------------------------------------------
     def embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -304,32 +315,51 @@ class MetaNet(EpisodicModule):
             return base, base
         return base, self.representation_backbone(x)
 
-    def task_predictions(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        """Algorithm 1 for one task: class scores of its queries [Q, N]."""
-        n_support = support_x.shape[0]
-        base_features, representation_features = self.embed(torch.cat([support_x, query_x]))
-        if not self.use_fast_weights:
-            return self.base_forward(base_features[n_support:])
+    def task_memory(self, base_features: Tensor, representation_features: Tensor,
+                    support_y: Tensor) -> TaskMemory:
+        """Algorithm 1, lines 2-15, on one task's embedded support set."""
         # task-level fast weights Q* for u
-        pair_gradients = self.task_meta_information(representation_features[:n_support], support_y)
+        pair_gradients = self.task_meta_information(representation_features, support_y)
         task_fast = None if pair_gradients is None else self.task_fast_weights(pair_gradients)
         # example-level fast weights W*_i (memory M) and their keys r'_i (memory R)
-        memory = self.example_fast_weights(
-            self.example_meta_information(base_features[:n_support], support_y))
+        fast_weights = self.example_fast_weights(
+            self.example_meta_information(base_features, support_y))
         keys = self.represent(representation_features, fast=task_fast)
-        # each query reads its fast weights from M by attention over R
-        attention = self.attention(keys[:n_support], keys[n_support:])
-        return self.base_forward(base_features[n_support:], fast=read_memory(attention, memory))
+        return TaskMemory(task_fast, fast_weights, keys)
+
+    def classify(self, memory: TaskMemory | None, base_features: Tensor,
+                 representation_features: Tensor) -> Tensor:
+        """Algorithm 1, lines 17-21: each query reads its fast weights from M by attention over R
+        and is classified by b; on slow weights alone without a memory. Class scores [Q, N]."""
+        if memory is None:
+            return self.base_forward(base_features)
+        keys = self.represent(representation_features, fast=memory.task_fast)
+        attention = self.attention(memory.keys, keys)
+        return self.base_forward(base_features, fast=read_memory(attention, memory.fast_weights))
+
+    def task_predictions(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+        """Algorithm 1 for one task, support and query embedded in one pass: class scores of its
+        queries [Q, N]."""
+        n_support = support_x.shape[0]
+        base, representation = self.embed(torch.cat([support_x, query_x]))
+        memory = None
+        if self.use_fast_weights:
+            memory = self.task_memory(base[:n_support], representation[:n_support], support_y)
+        return self.classify(memory, base[n_support:], representation[n_support:])
 
     # EpisodicModule ---------------------------------------------------------------------------------
-    def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
-        losses, predictions = [], []
-        for task in map(batch.task, range(batch.num_tasks)):
-            scores = self.task_predictions(task.support_x, task.support_y, task.query_x)
-            losses.append(self.task_loss(scores, task.query_y))
-            predictions.append(scores)
+    def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        predictions = [self.task_predictions(task.support_x, task.support_y, task.query_x)
+                       for task in batch.tasks()]
+        losses = [self.task_loss(p, y) for p, y in zip(predictions, batch.query_y)]
         return torch.stack(losses).mean(), torch.stack(predictions)
 
-    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        return self.task_predictions(support_x, support_y, query_x)
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
+        self.one_pass(steps)
+        memory = self.task_memory(*self.embed(support_x), support_y) if self.use_fast_weights \
+            else None
 
+        def predict(query_x: Tensor) -> Tensor:
+            return self.classify(memory, *self.embed(query_x))
+
+        return predict

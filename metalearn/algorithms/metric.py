@@ -1,10 +1,12 @@
 """Shared shape of the metric-learning methods, after easyfsl's FewShotClassifier.
 
 A method embeds images with its backbone, learns what it needs from the support set in
-`process_support_features`, and scores queries against it in `score_queries`. The public pair
-`process_support_set(support_x, support_y)` then `forward(query_x)` is built from those two, and
-so are training and evaluation. During meta-training, support and query go through the backbone
-in one pass, so BatchNorm sees the whole episode, as in the original implementations.
+`process_support_features` (the base keeps the support features and their one-hot labels;
+Prototypical and Relation Networks add class prototypes and class feature maps), and scores
+queries against it in `score_queries`. The public pair `process_support_set(support_x,
+support_y)` then `forward(query_x)` is built from those two, and so are training and evaluation.
+During meta-training, support and query go through the backbone in one pass, so BatchNorm sees
+the whole episode, as in the original implementations.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from __future__ import annotations
 from abc import abstractmethod
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalearn.algorithms.base import EpisodicModule
-from metalearn.data.episodes import Episode
+from metalearn.algorithms.base import EpisodicModule, Predictor
+from metalearn.data.episodes import TaskBatch
+
+
+def cosine_similarity(a: Tensor, b: Tensor) -> Tensor:
+    """The cosine similarity of every row of a [A, D] with every row of b [B, D]: [A, B]."""
+    return F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
 
 
 class MetricModule(EpisodicModule):
@@ -26,13 +34,22 @@ class MetricModule(EpisodicModule):
     def __init__(self, backbone: nn.Module, **base_args):
         super().__init__(**base_args)
         self.backbone = backbone
+        self.support_features: Tensor | None = None  # [S, ...]
+        self.support_one_hot: Tensor | None = None  # [S, N]
 
     def embed(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
-    @abstractmethod
     def process_support_features(self, support_features: Tensor, support_y: Tensor) -> None:
-        """Stores what the support set teaches (prototypes, support embeddings, ...)."""
+        """Stores what the support set teaches: its features and one-hot labels here; methods
+        extend it (prototypes, class feature maps, full-context embeddings)."""
+        self.support_features = support_features
+        self.support_one_hot = F.one_hot(support_y).to(support_features.dtype)
+
+    def class_sums(self) -> Tensor:
+        """The sum of each class's support features: [N, *feature shape]."""
+        sums = self.support_one_hot.T @ self.support_features.flatten(1)
+        return sums.view(-1, *self.support_features.shape[1:])
 
     @abstractmethod
     def score_queries(self, query_features: Tensor) -> Tensor:
@@ -44,13 +61,20 @@ class MetricModule(EpisodicModule):
     def forward(self, query_x: Tensor) -> Tensor:
         return self.score_queries(self.embed(query_x))
 
-    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        self.process_support_set(support_x, support_y)
-        return self(query_x)
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
+        self.one_pass(steps)
+        support_features = self.embed(support_x)
 
-    def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
+        def predict(query_x: Tensor) -> Tensor:
+            # processed again at each call: another task may have been adapted to meanwhile
+            self.process_support_features(support_features, support_y)
+            return self(query_x)
+
+        return predict
+
+    def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         losses, predictions = [], []
-        for task in map(batch.task, range(batch.num_tasks)):
+        for task in batch.tasks():
             n_support = task.support_x.shape[0]
             features = self.embed(torch.cat([task.support_x, task.query_x]))
             self.process_support_features(features[:n_support], task.support_y)

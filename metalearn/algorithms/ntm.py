@@ -11,11 +11,11 @@ from __future__ import annotations
 from torch import nn
 
 from metalearn.algorithms.sequence import SequenceEpisodeModule
-from metalearn.models.ntm import NTM as NTMNetwork
+from metalearn.models.ntm import NTMNetwork
 
 
 class NTM(SequenceEpisodeModule):
-    """Args: the machine's settings (see metalearn.models.ntm.NTM)."""
+    """Args: the machine's settings (see metalearn.models.ntm.NTMNetwork)."""
 
     def __init__(self, backbone: nn.Module, memory_slots: int = 128, memory_width: int = 40,
                  read_heads: int = 4, write_heads: int = 1, controller: str = "lstm",

@@ -12,19 +12,12 @@ as in the paper.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalearn.algorithms.metric import MetricModule
+from metalearn.algorithms.metric import MetricModule, cosine_similarity
 from metalearn.errors import UserError
 
 DISTANCES = ("euclidean", "cosine")
-
-
-def class_prototypes(features: Tensor, labels: Tensor) -> Tensor:
-    """Mean feature of each class 0..N-1: [N, D]."""
-    one_hot = F.one_hot(labels).to(features.dtype)  # [S, N]
-    return (one_hot.T @ features) / one_hot.sum(0).unsqueeze(1)
 
 
 class ProtoNet(MetricModule):
@@ -46,11 +39,12 @@ class ProtoNet(MetricModule):
         return self.projection(self.backbone(x))
 
     def process_support_features(self, support_features: Tensor, support_y: Tensor) -> None:
-        self.prototypes = class_prototypes(support_features, support_y)
+        super().process_support_features(support_features, support_y)
+        # each class's mean support embedding
+        self.prototypes = self.class_sums() / self.support_one_hot.sum(0).unsqueeze(1)
 
     def score_queries(self, query_features: Tensor) -> Tensor:
         if self.distance == "euclidean":
             differences = query_features.unsqueeze(1) - self.prototypes.unsqueeze(0)
             return -differences.pow(2).sum(-1)
-        cosine = F.normalize(query_features, dim=-1) @ F.normalize(self.prototypes, dim=-1).T
-        return self.log_scale.exp() * cosine
+        return self.log_scale.exp() * cosine_similarity(query_features, self.prototypes)

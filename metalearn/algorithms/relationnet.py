@@ -18,13 +18,6 @@ from metalearn.errors import UserError
 from metalearn.models.backbones import conv_block
 
 
-def class_feature_sums(support_features: Tensor, support_y: Tensor) -> Tensor:
-    """The sum of each class's support feature maps: [N, C, H, W]."""
-    one_hot = F.one_hot(support_y).to(support_features.dtype)  # [S, N]
-    sums = one_hot.T @ support_features.flatten(1)
-    return sums.view(-1, *support_features.shape[1:])
-
-
 class RelationModule(nn.Module):
     """(class map, query map) concatenated on channels -> relation score in [0, 1]."""
 
@@ -71,10 +64,10 @@ class RelationNet(MetricModule):
             )
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.relation = RelationModule(feature_shape, relation_channels, hidden_units)
-        self.class_features: Tensor | None = None
 
     def process_support_features(self, support_features: Tensor, support_y: Tensor) -> None:
-        self.class_features = class_feature_sums(support_features, support_y)
+        super().process_support_features(support_features, support_y)
+        self.class_features = self.class_sums()  # [N, C, H, W]
 
     def score_queries(self, query_features: Tensor) -> Tensor:
         """Relation scores [Q, N] in [0, 1]."""

@@ -46,10 +46,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from metalearn.algorithms.base import EpisodicModule
-from metalearn.data.episodes import Episode
+from metalearn.algorithms.gradient import GradientModule
+from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
-from metalearn.models.backbones import learner_network
 
 INNER_OPTIMIZERS = {
     "sgd": torch.optim.SGD,
@@ -65,42 +64,40 @@ def mean_weights(modules: list[nn.Module]) -> dict[str, Tensor]:
         return {name: sum(weights[name] for weights in named) / len(named) for name in named[0]}
 
 
-class Reptile(EpisodicModule):
-    supported_task_types = ("classification", "regression")
-    user_network_is_learner = True
+class Reptile(GradientModule):
+    """Args (besides GradientModule's):
+        inner_lr: the inner optimiser's learning rate.
+        inner_optimizer: "sgd" or "adam" (Adam with beta1 = 0, as the paper's code).
+        anneal_outer_lr: epsilon falls linearly to 0 over training.
+        optimizer: the outer optimiser; SGD, which is Reptile, by default.
+    """
 
     def __init__(
         self,
         backbone: nn.Module,
         inner_lr: float = 0.01,
-        inner_steps: int = 3,
-        test_inner_steps: int = 5,
         inner_optimizer: str = "adam",
         anneal_outer_lr: bool = True,
-        transductive_bn: bool = True,
-        output_layer: bool = True,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        **base_args,
+        **gradient_args,
     ):
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise UserError(f"algorithm.inner_optimizer={inner_optimizer!r} is not one of: "
                             f"{', '.join(INNER_OPTIMIZERS)}")
-        if anneal_outer_lr and base_args.get("scheduler") is not None:
+        if anneal_outer_lr and gradient_args.get("scheduler") is not None:
             raise UserError("algorithm.anneal_outer_lr=true is already a learning-rate schedule; "
                             "set algorithm.scheduler=null or algorithm.anneal_outer_lr=false")
-        super().__init__(optimizer=optimizer or torch.optim.SGD, **base_args)
+        super().__init__(backbone, optimizer=optimizer or torch.optim.SGD, **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.inner_optimizer, self.inner_lr = inner_optimizer, inner_lr
-        self.inner_steps, self.test_inner_steps = inner_steps, test_inner_steps
-        self.anneal_outer_lr, self.transductive_bn = anneal_outer_lr, transductive_bn
-        self.learner = learner_network(backbone, self.output_dim, output_layer)
+        self.anneal_outer_lr = anneal_outer_lr
 
-    def fine_tune(self, x: Tensor, y: Tensor, steps: int,
-                  batch_statistics: bool = True) -> tuple[nn.Module, Tensor, Tensor]:
-        """A copy of the learner after `steps` full-batch inner steps on (x, y), with the loss and
-        predictions of its last step (computed before that step's update). In float32 under
-        mixed precision too, as MAML's inner loop."""
-        learner = copy.deepcopy(self.learner).train(batch_statistics)
+    def fine_tune(self, x: Tensor, y: Tensor, steps: int) -> tuple[nn.Module, Tensor, Tensor]:
+        """A copy of the learner after `steps` full-batch inner steps on (x, y), in the module's
+        mode (training: batch statistics), with the loss and predictions of its last step
+        (computed before that step's update). In float32 under mixed precision too, as MAML's
+        inner loop."""
+        learner = copy.deepcopy(self.learner)
         optimizer = INNER_OPTIMIZERS[self.inner_optimizer](learner.parameters(), lr=self.inner_lr)
         with torch.autocast(x.device.type, enabled=False):
             for _ in range(steps):
@@ -111,14 +108,20 @@ class Reptile(EpisodicModule):
                 optimizer.step()
         return learner, loss.detach(), predictions.detach()
 
-    def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
+    def adapt_weights(self, support_x: Tensor, support_y: Tensor, steps: int) -> nn.Module:
+        return self.fine_tune(support_x, support_y, steps)[0]
+
+    def predict_adapted(self, adapted: nn.Module, query_x: Tensor) -> Tensor:
+        return adapted(query_x)
+
+    def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """1/2 ||theta - mean_i W_i||^2 and the query predictions of each task's last inner step.
 
         Also moves theta's BatchNorm running averages to the mean of the tasks' (buffers are
         not optimised, so they take the update here).
         """
         adapted, task_losses, predictions = [], [], []
-        for task in map(batch.task, range(batch.num_tasks)):
+        for task in batch.tasks():
             x = torch.cat([task.support_x, task.query_x])
             y = torch.cat([task.support_y, task.query_y])
             learner, loss, outputs = self.fine_tune(x, y, self.inner_steps)
@@ -129,28 +132,15 @@ class Reptile(EpisodicModule):
         with torch.no_grad():
             for name, buffer in self.learner.named_buffers():
                 buffer.copy_(target[name])
-        if self._trainer is not None:  # the Python API steps without a trainer
-            self.log("train/task_loss", torch.stack(task_losses).mean())
+        self.mean_task_loss = torch.stack(task_losses).mean()  # logged by training_step
         surrogate = sum(0.5 * (weight - target[name]).pow(2).sum()
                         for name, weight in self.learner.named_parameters())
         return surrogate, torch.stack(predictions)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor,
-              steps: int | None = None) -> Callable[[Tensor], Tensor]:
-        steps = self.test_inner_steps if steps is None else steps
-        # Lightning evaluates without gradients; fine-tuning a copy needs them and leaves theta.
-        with torch.enable_grad():
-            learner, _, _ = self.fine_tune(support_x, support_y, steps,
-                                           batch_statistics=self.transductive_bn)
-
-        def predict(query_x: Tensor) -> Tensor:
-            with torch.no_grad():
-                return learner(query_x)
-
-        return predict
-
-    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
-        return self.adapt(support_x, support_y)(query_x)
+    def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/task_loss", self.mean_task_loss)
+        return loss
 
     def configure_optimizers(self):
         if not self.anneal_outer_lr:

@@ -9,7 +9,7 @@ permutes them), and the network's memory is wiped at the start of every sequence
 - Meta-training: the sequence is the training task's query examples, every class
   `episode.train_query_size` times in random order (the paper: 5 classes x 10 presentations).
   The loss is the cross-entropy at every step.
-- N-way K-shot evaluation (`adapt_and_predict`, what results.json reports): the support set is
+- N-way K-shot evaluation (`adapt`, what results.json reports): the support set is
   the sequence; each query is then classified as the next element (with the last support label as
   its delayed label), every query from the same state, so queries do not see each other.
 - Accuracy by presentation (the paper's table 1): at validation and test, the query examples of
@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.aggregation import CatMetric
 
-from metalearn.algorithms.base import EpisodicModule
-from metalearn.data.episodes import Episode
-from metalearn.evaluation import mean_and_ci95
+from metalearn.algorithms.base import EpisodicModule, Predictor
+from metalearn.data.episodes import TaskBatch
 from metalearn.models.memory import MemoryNetwork
+from metalearn.statistics import mean_and_ci95
 
 REPORTED_PRESENTATIONS = (1, 2, 3, 5, 10)
 
@@ -85,23 +85,30 @@ class SequenceEpisodeModule(EpisodicModule):
         """Class scores at every step of the sequences (x, y): [B, T, N]."""
         return self.network(self.sequence_inputs(x, delayed_labels(y, self.output_dim)))
 
-    def meta_train_loss(self, batch: Episode) -> tuple[Tensor, Tensor]:
+    def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         logits = self.online_logits(batch.query_x, batch.query_y)
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
         return loss, logits
 
-    def adapt_and_predict(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
+        """Reads the support set as a sequence; each query is then the next step from that
+        state, the last support label as its delayed label."""
+        self.one_pass(steps)
         network = self.network
         support = self.sequence_inputs(support_x.unsqueeze(0),
                                        delayed_labels(support_y.unsqueeze(0), self.output_dim))
-        state = network.initial_state(1, support.device, support.dtype)
-        _, state = network.run(support, state)
-        last_label = F.one_hot(support_y[-1:], self.output_dim).expand(len(query_x), -1)
-        queries = self.sequence_inputs(query_x.unsqueeze(1), last_label.unsqueeze(1)).squeeze(1)
-        logits, _ = network.step(queries, expand_state(state, len(query_x)))
-        return logits
+        _, state = network.run(support, network.initial_state(1, support.device, support.dtype))
+        last_label = F.one_hot(support_y[-1:], self.output_dim)
 
-    def evaluate_episodes(self, batch: Episode, split: str) -> None:
+        def predict(query_x: Tensor) -> Tensor:
+            previous = last_label.expand(len(query_x), -1).unsqueeze(1)
+            queries = self.sequence_inputs(query_x.unsqueeze(1), previous).squeeze(1)
+            logits, _ = network.step(queries, expand_state(state, len(query_x)))
+            return logits
+
+        return predict
+
+    def evaluate_episodes(self, batch: TaskBatch, split: str) -> None:
         super().evaluate_episodes(batch, split)
         correct = (self.online_logits(batch.query_x, batch.query_y).argmax(-1) == batch.query_y)
         presentation = presentation_numbers(batch.query_y)  # [B, T]

@@ -21,8 +21,8 @@ from torch import Tensor, nn
 from torchmetrics.aggregation import CatMetric
 
 from metalearn.algorithms.metric import MetricModule
-from metalearn.data.episodes import Episode
-from metalearn.evaluation import mean_and_ci95
+from metalearn.data.episodes import TaskBatch
+from metalearn.statistics import mean_and_ci95
 
 
 def balanced_pairs(support_y: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -55,12 +55,6 @@ class SiameseNet(MetricModule):
         self.pair_accuracy = {"val": CatMetric(), "test": CatMetric()}
         for split, metric in self.pair_accuracy.items():
             self.add_module(f"{split}_pair_accuracy", metric)
-        self.support_features: Tensor | None = None
-        self.support_one_hot: Tensor | None = None
-
-    def process_support_features(self, support_features: Tensor, support_y: Tensor) -> None:
-        self.support_features = support_features
-        self.support_one_hot = F.one_hot(support_y).to(support_features.dtype)  # [S, N]
 
     def same_class_logits(self, query_features: Tensor) -> Tensor:
         """Logit of p(same class) for every (query, support) pair: [Q, S]."""
@@ -82,10 +76,10 @@ class SiameseNet(MetricModule):
         loss = F.binary_cross_entropy_with_logits(logits[queries, supports], same.to(logits.dtype))
         return loss, self.class_scores(logits)
 
-    def evaluate_episodes(self, batch: Episode, split: str) -> None:
+    def evaluate_episodes(self, batch: TaskBatch, split: str) -> None:
         """N-way accuracy as every method reports it, and verification accuracy on pairs."""
         scores, pair_accuracy = [], []
-        for task in map(batch.task, range(batch.num_tasks)):
+        for task in batch.tasks():
             self.process_support_set(task.support_x, task.support_y)
             logits = self.same_class_logits(self.embed(task.query_x))
             scores.append(self.class_scores(logits))

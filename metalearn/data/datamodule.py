@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from metalearn.data.episodes import Episode, seeded_generator
+from metalearn.data.episodes import TaskBatch, seeded_generator
 from metalearn.data.task_family import SPLITS, TaskFamily
 from metalearn.errors import UserError
 
 
-class EpisodeStream(Dataset):
+class TaskStream(Dataset):
     """Item i is a batch of `tasks_per_item` tasks drawn with seeded_generator(seed, split, i).
 
     Any item can be regenerated on its own, so the stream is the same whatever the number of
@@ -32,12 +31,12 @@ class EpisodeStream(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> Episode:
+    def __getitem__(self, index: int) -> TaskBatch:
         generator = seeded_generator(self.seed, SPLITS.index(self.split), index)
         batch = self.tasks.sample(self.split, *self.shape, self.tasks_per_item, generator)
         if self.world_size == 1:
             return batch
-        return Episode(*(part[self.rank::self.world_size] for part in batch))
+        return TaskBatch(*(part[self.rank::self.world_size] for part in batch))
 
 
 class EpochSampler(Sampler[int]):
@@ -73,7 +72,7 @@ class ResumableLoader(DataLoader):
     """
 
     # **loader_args: Lightning rebuilds loaders with other samplers (trainer.overfit_batches)
-    def __init__(self, dataset: EpisodeStream, items_done: Callable[[], int], **loader_args):
+    def __init__(self, dataset: TaskStream, items_done: Callable[[], int], **loader_args):
         super().__init__(dataset, **loader_args)
         self.items_done = items_done
 
@@ -98,10 +97,6 @@ class RankSampler(Sampler[int]):
 
     def __iter__(self):
         return iter(self.items)
-
-
-def concat_episodes(items: list[Episode]) -> Episode:
-    return Episode(*(torch.cat(parts) for parts in zip(*items)))
 
 
 class EpisodicDataModule(LightningDataModule):
@@ -156,7 +151,7 @@ class EpisodicDataModule(LightningDataModule):
                 f"algorithm.meta_batch_size={self.meta_batch_size} cannot be split evenly over "
                 f"{world_size} processes; use a multiple of {world_size}"
             )
-        stream = EpisodeStream(self.tasks, "train", self.train_n_way, self.k_shot,
+        stream = TaskStream(self.tasks, "train", self.train_n_way, self.k_shot,
                                self.train_query_size, self.meta_batch_size, self.seed,
                                self.steps_per_epoch, rank, world_size)
         return ResumableLoader(stream, self.train_items_done, batch_size=None,
@@ -169,9 +164,9 @@ class EpisodicDataModule(LightningDataModule):
 
     def eval_dataloader(self, split: str, episodes: int) -> DataLoader:
         # One task per item, so the episodes do not depend on eval_batch_size.
-        stream = EpisodeStream(self.tasks, split, self.n_way, self.k_shot, self.query_size, 1,
+        stream = TaskStream(self.tasks, split, self.n_way, self.k_shot, self.query_size, 1,
                                self.eval_seed, episodes)
-        return DataLoader(stream, batch_size=self.eval_batch_size, collate_fn=concat_episodes,
+        return DataLoader(stream, batch_size=self.eval_batch_size, collate_fn=TaskBatch.concat,
                           sampler=RankSampler(episodes, *self.ranks()),
                           num_workers=self.num_workers)
 

@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 
-class Episode(NamedTuple):
-    """A batch of tasks; dimension 0 indexes the task.
+class Task(NamedTuple):
+    """One few-shot task: a support set to learn from and a query set to predict.
 
-    Classification: x is [B, N*K, C, H, W] (support) / [B, N*Q, C, H, W] (query), y holds labels
-    0..N-1. Regression: x and y are [B, K, in] / [B, Q, out] floats. A NamedTuple, so Lightning
-    moves it between devices as it is.
+    Classification: x is [N*K, C, H, W] (support) / [N*Q, C, H, W] (query), y holds labels
+    0..N-1. Regression: x and y are [K, in] / [Q, out] floats.
     """
 
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
-
-    @property
-    def num_tasks(self) -> int:
-        return self.support_x.shape[0]
-
-    def task(self, index: int) -> Episode:
-        """The index-th task, without the task dimension."""
-        return Episode(*(t[index] for t in self))
 
     @property
     def support(self) -> tuple[Tensor, Tensor]:
@@ -38,6 +30,36 @@ class Episode(NamedTuple):
     def query(self) -> tuple[Tensor, Tensor]:
         """(query_x, query_y), the form MetaLearner.evaluate takes."""
         return self.query_x, self.query_y
+
+
+class TaskBatch(NamedTuple):
+    """Tasks stacked along a first dimension: what a meta-training step or an evaluation step
+    takes. A NamedTuple, so Lightning moves it between devices as it is."""
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    @property
+    def batch_size(self) -> int:
+        """The number of tasks in the batch."""
+        return self.support_x.shape[0]
+
+    def task(self, index: int) -> Task:
+        return Task(*(part[index] for part in self))
+
+    def tasks(self) -> Iterator[Task]:
+        """The batch's tasks, one by one."""
+        return map(self.task, range(self.batch_size))
+
+    @classmethod
+    def stack(cls, tasks: Iterable[Task]) -> TaskBatch:
+        return cls(*(torch.stack(parts) for parts in zip(*tasks)))
+
+    @classmethod
+    def concat(cls, batches: Iterable[TaskBatch]) -> TaskBatch:
+        return cls(*(torch.cat(parts) for parts in zip(*batches)))
 
 
 def seeded_generator(*seeds: int) -> torch.Generator:
@@ -59,7 +81,7 @@ def sample_classification_episodes(
     query_size: int,
     num_tasks: int,
     generator: torch.Generator,
-) -> Episode:
+) -> TaskBatch:
     """Draws `num_tasks` N-way K-shot tasks from a class-indexed image tensor, without a Python loop.
 
     images_by_class: uint8 [classes, examples, C, H, W]. Each task takes N distinct classes and
@@ -89,4 +111,4 @@ def sample_classification_episodes(
 
     support_x, support_y = split(slice(0, k_shot), k_shot)
     query_x, query_y = split(slice(k_shot, per_class), query_size)
-    return Episode(support_x, support_y, query_x, query_y)
+    return TaskBatch(support_x, support_y, query_x, query_y)

@@ -30,6 +30,7 @@ from PIL import Image
 
 from metalearn.data.task_family import ClassificationTaskFamily
 from metalearn.errors import UserError
+from metalearn.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +60,16 @@ def find_archive(name: str, archive_dir: str | None, download_dir: Path, downloa
             f"dataset.download=true to fetch {url}"
         )
     target = download_dir / f"{name}.zip"
-    target.parent.mkdir(parents=True, exist_ok=True)
     log.info("Downloading %s to %s", url, target)
-    partial = target.with_suffix(".zip.part")
     try:
-        urllib.request.urlretrieve(url, partial)
+        with atomic_write(target) as partial:
+            urllib.request.urlretrieve(url, partial)
     except OSError as error:
         raise UserError(
             f"Omniglot archive {name}.zip not found (looked at {searched}) and downloading "
             f"{url} failed ({error}). Put the archive there or set dataset.archive_dir or "
             f"{ARCHIVE_ENV}"
         ) from None
-    partial.rename(target)
     return target
 
 
@@ -148,10 +147,8 @@ def load_omniglot(
         "alphabets": alphabets,
         "background": torch.tensor(background),
     }
-    root.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_suffix(".part")
-    torch.save(data, partial)
-    partial.replace(cache)  # atomic: a crash never leaves a half-written cache behind
+    with atomic_write(cache) as partial:
+        torch.save(data, partial)
     return data
 
 

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from metalearn.data.episodes import Episode
+from metalearn.data.episodes import TaskBatch
 from metalearn.data.task_family import TaskFamily
 from metalearn.errors import UserError
 
@@ -41,4 +41,4 @@ class Sinusoid(TaskFamily):
         phase = uniform(self.phase, num_tasks, 1, 1)
         x = uniform(self.x_range, num_tasks, k_shot + query_size, 1)
         y = amplitude * torch.sin(x - phase)
-        return Episode(x[:, :k_shot], y[:, :k_shot], x[:, k_shot:], y[:, k_shot:])
+        return TaskBatch(x[:, :k_shot], y[:, :k_shot], x[:, k_shot:], y[:, k_shot:])

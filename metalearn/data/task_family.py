@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from metalearn.data.episodes import Episode, sample_classification_episodes
+from metalearn.data.episodes import TaskBatch, sample_classification_episodes
 
 SPLITS = ("train", "val", "test")
 
@@ -28,7 +28,7 @@ class TaskFamily(ABC):
         query_size: int,
         num_tasks: int,
         generator: torch.Generator,
-    ) -> Episode:
+    ) -> TaskBatch:
         """Draws `num_tasks` tasks from `split` using only `generator` for randomness."""
 
 

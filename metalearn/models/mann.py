@@ -30,7 +30,7 @@ from metalearn.models.memory import (
 )
 
 
-class MANN(MemoryNetwork):
+class MANNNetwork(MemoryNetwork):
     """Args:
         input_size, output_size: widths of one sequence element in and out.
         memory_slots, memory_width: N and M (paper: 128 x 40).

@@ -26,7 +26,7 @@ from metalearn.models.memory import (
 )
 
 
-class NTM(MemoryNetwork):
+class NTMNetwork(MemoryNetwork):
     """Args:
         input_size, output_size: widths of one sequence element in and out.
         memory_slots, memory_width: N and M.

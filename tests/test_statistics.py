@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from metalearn.evaluation import mean_and_ci95
+from metalearn.statistics import mean_and_ci95
 
 
 def test_ci95_on_known_numbers():

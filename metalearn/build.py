@@ -1,0 +1,131 @@
+"""Building what a composed config describes: the task family, the data module and the algorithm.
+
+Every config group with a `_target_` is instantiated with its keys as constructor arguments, plus
+the ones listed in INJECTED_ARGUMENTS, which the builder passes itself (from the data or from the
+other groups) and a config never sets. A key that is not a constructor argument is an error
+naming the valid ones, before anything is built.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig
+
+from metalearn.config_check import (
+    check_algorithm_fits,
+    check_config,
+    check_episode_fits,
+    component_name,
+)
+from metalearn.errors import UserError
+from metalearn.models.backbones import UserBackbone
+
+if TYPE_CHECKING:  # building imports Lightning only through the classes it instantiates
+    from torch import nn
+
+    from metalearn.algorithms.base import EpisodicModule
+    from metalearn.data.datamodule import EpisodicDataModule
+
+#: the constructor arguments the builder passes, by config group
+INJECTED_ARGUMENTS = {
+    "backbone": ("input_shape",),
+    "episode": ("tasks",),
+    "algorithm": ("backbone", "task_type", "output_dim"),
+}
+#: groups whose keys are constructor arguments of their `_target_`
+BUILT_GROUPS = ("dataset", "backbone", "episode", "algorithm")
+USER_BACKBONE = f"{UserBackbone.__module__}.{UserBackbone.__qualname__}"
+
+
+def accepted_arguments(cls: type) -> list[str]:
+    """The keyword arguments a class's constructor takes, following `**kwargs` passed on to the
+    base classes (as the algorithms pass theirs to EpisodicModule)."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        names += [p.name for p in parameters
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def settings_of(group: str, node: DictConfig) -> list[str]:
+    """The settings a config of `group` may hold: its target's constructor arguments, less the
+    injected ones."""
+    injected = INJECTED_ARGUMENTS.get(group, ())
+    return [name for name in accepted_arguments(get_class(node._target_)) if name not in injected]
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Every key of the built groups must be a setting of its target."""
+    for group in BUILT_GROUPS:
+        node = cfg.get(group)
+        if not node or "_target_" not in node:
+            continue
+        settings = settings_of(group, node)
+        for key in node:
+            if not key.startswith("_") and key not in settings:
+                raise UserError(f"{group}.{key} is not a setting of {node._target_}; its "
+                                f"settings are: {', '.join(sorted(settings))}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """The checks that need no data: known keys, then types and ranges."""
+    check_known_keys(cfg)
+    check_config(cfg)
+
+
+def find_user_error(error: BaseException | None) -> UserError | None:
+    """The UserError behind an exception (Hydra's instantiate wraps what constructors raise)."""
+    while error is not None:
+        if isinstance(error, UserError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def instantiate_checked(node: DictConfig, **kwargs) -> Any:
+    """hydra.utils.instantiate, letting a UserError raised by a constructor through as itself."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        user_error = find_user_error(error)
+        if user_error is None:
+            raise
+        raise user_error from None
+
+
+def build(cfg: DictConfig,
+          model: nn.Module | None = None) -> tuple[EpisodicDataModule, EpisodicModule]:
+    """Checks the config, then instantiates the data module and the algorithm it describes.
+
+    `model`, a user's network, is the backbone of a config whose backbone is a UserBackbone.
+    """
+    validate(cfg)
+    tasks = instantiate_checked(cfg.dataset)
+    check_algorithm_fits(cfg, tasks)
+    check_episode_fits(cfg, tasks)
+    datamodule = instantiate(cfg.episode, tasks=tasks)
+    if model is not None and cfg.backbone._target_ != USER_BACKBONE:
+        raise UserError(f"this config's backbone is {component_name(cfg.backbone)}, not a "
+                        "user-defined network; build it without model=")
+    backbone_args = {"model": model} if model is not None else {}
+    backbone = instantiate_checked(cfg.backbone, input_shape=tasks.input_shape, **backbone_args)
+    output_dim = cfg.episode.n_way if tasks.task_type == "classification" else tasks.output_dim
+    algorithm = instantiate_checked(cfg.algorithm, backbone=backbone, task_type=tasks.task_type,
+                                    output_dim=output_dim)
+    return datamodule, algorithm
+
+
+def instantiate_all(nodes: DictConfig | None) -> list[Any]:
+    """Instantiates every `_target_` node of a group such as callbacks or logger."""
+    if not nodes:
+        return []
+    return [instantiate(node) for node in nodes.values() if node and "_target_" in node]

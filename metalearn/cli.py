@@ -1,0 +1,25 @@
+"""How the entry points (train.py, eval.py, meta_learning.py) run their job and report mistakes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from metalearn.errors import UserError
+from metalearn.sweeps import in_multirun, record_job_error
+
+
+def run_cli(function: Callable[..., Any], *args) -> Any:
+    """Runs an entry point's function. A user's mistake becomes one line on stderr and exit status
+    2; anything else is a bug and keeps its traceback. In a multirun, a job's mistake ends only
+    that job: it is recorded for the sweep summary (which then ends the sweep with status 2), and
+    the job returns None to the sweeper."""
+    try:
+        return function(*args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        if not in_multirun():
+            sys.exit(2)
+        record_job_error(str(error))
+        return None

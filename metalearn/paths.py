@@ -1,0 +1,18 @@
+"""Where the project's files go: the repository root, and the `${project_root:}` resolver the
+configs use for it (configs/paths/default.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def project_root() -> str:
+    """The folder holding configs/ (the repository), where data/ and outputs/ go by default."""
+    return str(Path(__file__).resolve().parents[1])
+
+
+CONFIG_DIR = Path(project_root()) / "configs"
+
+OmegaConf.register_new_resolver("project_root", project_root, replace=True)

@@ -1,0 +1,56 @@
+"""Helpers shared by the tests: small fixed batches, references written by hand, comparisons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metalearn.data.episodes import TaskBatch
+
+
+def make_batch(task_type: str = "classification") -> TaskBatch:
+    """Two fixed float64 tasks. Classification: 3-way 2-shot on 1x8x8 images, 3 queries per
+    class; regression: y = sin(x), 5 support and 10 query points."""
+    generator = torch.Generator().manual_seed(1)
+    if task_type == "classification":
+        support_x = torch.randn(2, 6, 1, 8, 8, generator=generator, dtype=torch.double)
+        query_x = torch.randn(2, 9, 1, 8, 8, generator=generator, dtype=torch.double)
+        support_y = torch.tensor([0, 1, 2, 0, 1, 2]).repeat(2, 1)
+        query_y = torch.tensor([0, 1, 2] * 3).repeat(2, 1)
+        return TaskBatch(support_x, support_y, query_x, query_y)
+    x = torch.randn(2, 15, 1, generator=generator, dtype=torch.double)
+    return TaskBatch(x[:, :5], torch.sin(x[:, :5]), x[:, 5:], torch.sin(x[:, 5:]))
+
+
+def images(count: int, seed: int = 0, size: int = 28) -> Tensor:
+    """`count` random 1 x size x size images in [0, 1]."""
+    return torch.rand(count, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def plain_sgd(network: nn.Module, x: Tensor, y: Tensor, steps: int,
+              loss_fn: Callable[[Tensor, Tensor], Tensor], lr: float) -> dict[str, Tensor]:
+    """`steps` plain SGD steps on (x, y) from the network's weights, without a graph: the
+    adapted weights, detached."""
+    fast = {name: w.detach() for name, w in network.named_parameters()}
+    for _ in range(steps):
+        fast = {name: w.requires_grad_() for name, w in fast.items()}
+        loss = loss_fn(functional_call(network, fast, (x,)), y)
+        grads = torch.autograd.grad(loss, list(fast.values()))
+        fast = {name: (w - lr * g).detach() for (name, w), g in zip(fast.items(), grads)}
+    return fast
+
+
+def flat(tensors: Tensor | Sequence[Tensor]) -> Tensor:
+    """One tensor, or several, as one vector."""
+    if isinstance(tensors, Tensor):
+        return tensors.flatten()
+    return torch.cat([t.flatten() for t in tensors])
+
+
+def relative_error(got: Tensor | Sequence[Tensor], expected: Tensor | Sequence[Tensor]) -> float:
+    """||got - expected|| / ||expected||, over all the tensors together."""
+    got, expected = flat(got), flat(expected)
+    return ((got - expected).norm() / expected.norm()).item()
