@@ -12,15 +12,16 @@ import time
 
 import torch
 
-from metalearn.data.episodes import sample_classification_episodes, seeded_generator
+from metalearn.data.episodes import TaskShape, sample_classification_episodes, seeded_generator
 from metalearn.data.omniglot import Omniglot
 from metalearn.paths import project_root
 
 
-def per_example_loop(images_by_class, n_way, k_shot, query_size, num_tasks, generator):
+def per_example_loop(images_by_class, shape, batch_size, generator):
     """The straightforward sampler: one Python iteration per task, class and example."""
+    n_way, k_shot, query_size = shape
     tasks = []
-    for _ in range(num_tasks):
+    for _ in range(batch_size):
         classes = torch.randperm(images_by_class.shape[0], generator=generator)[:n_way]
         support, query = [], []
         for label, c in enumerate(classes.tolist()):
@@ -38,7 +39,7 @@ def tasks_per_second(sampler, images, num_tasks, batch, repeats) -> float:
     for repeat in range(repeats):
         started = time.perf_counter()
         for i in range(num_tasks // batch):
-            sampler(images, 5, 1, 15, batch, seeded_generator(repeat, i))
+            sampler(images, TaskShape(5, 1, 15), batch, seeded_generator(repeat, i))
         best = min(best, time.perf_counter() - started)
     return num_tasks / best
 

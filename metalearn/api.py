@@ -34,7 +34,7 @@ from metalearn.compose import (
 )
 from metalearn.config_check import check_episode_fits, component_name
 from metalearn.data.datamodule import TaskStream
-from metalearn.data.episodes import Task, TaskBatch
+from metalearn.data.episodes import Task, TaskBatch, TaskShape
 from metalearn.data.task_family import SPLITS, TaskFamily
 from metalearn.errors import UserError, check_whole_number
 from metalearn.loggers import end_wandb_runs
@@ -81,8 +81,8 @@ class TaskSampler:
 
     def stream(self, tasks_per_item: int, n_way: int | None = None,
                k_shot: int | None = None) -> TaskStream:
-        return TaskStream(self.tasks, self.split, n_way or self.n_way, k_shot or self.k_shot,
-                             self.query_size, tasks_per_item, self.seed, length=2**62)
+        shape = TaskShape(n_way or self.n_way, k_shot or self.k_shot, self.query_size)
+        return TaskStream(self.tasks, self.split, shape, tasks_per_item, self.seed, length=2**62)
 
     def sample(self, batch_size: int = 1) -> TaskBatch:
         """The next batch of `batch_size` tasks of this sampler's stream (support_x [B, N*K, ...]);

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from metalearn.data.datamodule import EpisodicDataModule
-from metalearn.data.episodes import seeded_generator
+from metalearn.data.episodes import TaskShape, seeded_generator
 from metalearn.data.omniglot import Omniglot
 from metalearn.data.task_family import ClassificationTaskFamily
 from tests.conftest import ROOT
@@ -29,7 +29,7 @@ def identities(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_episode_shapes_and_labels():
     n, k, q, b = 5, 3, 4, 6
-    episode = labelled_family().sample("train", n, k, q, b, seeded_generator(0))
+    episode = labelled_family().sample("train", TaskShape(n, k, q), b, seeded_generator(0))
     assert episode.support_x.shape == (b, n * k, 1, 2, 2)
     assert episode.query_x.shape == (b, n * q, 1, 2, 2)
     assert episode.support_x.dtype == torch.float32
@@ -41,7 +41,7 @@ def test_episode_shapes_and_labels():
 
 
 def test_each_label_is_one_class_and_no_example_is_reused():
-    episode = labelled_family().sample("train", 5, 2, 3, 20, seeded_generator(1))
+    episode = labelled_family().sample("train", TaskShape(5, 2, 3), 20, seeded_generator(1))
     for t in range(20):
         task = episode.task(t)
         s_class, s_example = identities(task.support_x)
@@ -56,7 +56,7 @@ def test_each_label_is_one_class_and_no_example_is_reused():
 
 
 def test_label_assignment_and_order_are_random():
-    episode = labelled_family().sample("train", 5, 1, 1, 50, seeded_generator(2))
+    episode = labelled_family().sample("train", TaskShape(5, 1, 1), 50, seeded_generator(2))
     s_class, _ = identities(episode.support_x)
     class_of_label_0 = torch.stack([s_class[t][episode.support_y[t] == 0] for t in range(50)])
     assert class_of_label_0.unique().numel() > 5

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from metalearn.data.episodes import TaskBatch, seeded_generator
+from metalearn.data.episodes import TaskBatch, TaskShape, seeded_generator
 from metalearn.data.task_family import SPLITS, TaskFamily
 from metalearn.errors import UserError
 
@@ -21,10 +21,9 @@ class TaskStream(Dataset):
     `rank::world_size`, so together they train on exactly the tasks one process would.
     """
 
-    def __init__(self, tasks: TaskFamily, split: str, n_way: int, k_shot: int, query_size: int,
-                 tasks_per_item: int, seed: int, length: int, rank: int = 0, world_size: int = 1):
-        self.tasks, self.split = tasks, split
-        self.shape = (n_way, k_shot, query_size)
+    def __init__(self, tasks: TaskFamily, split: str, shape: TaskShape, tasks_per_item: int,
+                 seed: int, length: int, rank: int = 0, world_size: int = 1):
+        self.tasks, self.split, self.shape = tasks, split, shape
         self.tasks_per_item, self.seed, self.length = tasks_per_item, seed, length
         self.rank, self.world_size = rank, world_size
 
@@ -33,7 +32,7 @@ class TaskStream(Dataset):
 
     def __getitem__(self, index: int) -> TaskBatch:
         generator = seeded_generator(self.seed, SPLITS.index(self.split), index)
-        batch = self.tasks.sample(self.split, *self.shape, self.tasks_per_item, generator)
+        batch = self.tasks.sample(self.split, self.shape, self.tasks_per_item, generator)
         if self.world_size == 1:
             return batch
         return TaskBatch(*(part[self.rank::self.world_size] for part in batch))
@@ -151,9 +150,9 @@ class EpisodicDataModule(LightningDataModule):
                 f"algorithm.meta_batch_size={self.meta_batch_size} cannot be split evenly over "
                 f"{world_size} processes; use a multiple of {world_size}"
             )
-        stream = TaskStream(self.tasks, "train", self.train_n_way, self.k_shot,
-                               self.train_query_size, self.meta_batch_size, self.seed,
-                               self.steps_per_epoch, rank, world_size)
+        shape = TaskShape(self.train_n_way, self.k_shot, self.train_query_size)
+        stream = TaskStream(self.tasks, "train", shape, self.meta_batch_size, self.seed,
+                            self.steps_per_epoch, rank, world_size)
         return ResumableLoader(stream, self.train_items_done, batch_size=None,
                                sampler=EpochSampler(self.steps_per_epoch),
                                num_workers=self.num_workers)
@@ -164,8 +163,8 @@ class EpisodicDataModule(LightningDataModule):
 
     def eval_dataloader(self, split: str, episodes: int) -> DataLoader:
         # One task per item, so the episodes do not depend on eval_batch_size.
-        stream = TaskStream(self.tasks, split, self.n_way, self.k_shot, self.query_size, 1,
-                               self.eval_seed, episodes)
+        shape = TaskShape(self.n_way, self.k_shot, self.query_size)
+        stream = TaskStream(self.tasks, split, shape, 1, self.eval_seed, episodes)
         return DataLoader(stream, batch_size=self.eval_batch_size, collate_fn=TaskBatch.concat,
                           sampler=RankSampler(episodes, *self.ranks()),
                           num_workers=self.num_workers)

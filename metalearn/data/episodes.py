@@ -9,6 +9,15 @@ import torch
 from torch import Tensor
 
 
+class TaskShape(NamedTuple):
+    """The shape of a classification task: `n_way` classes, `k_shot` support and `query_size`
+    query examples per class (regression: `k_shot` support and `query_size` query points)."""
+
+    n_way: int
+    k_shot: int
+    query_size: int
+
+
 class Task(NamedTuple):
     """One few-shot task: a support set to learn from and a query set to predict.
 
@@ -74,39 +83,35 @@ def seeded_generator(*seeds: int) -> torch.Generator:
     return torch.Generator().manual_seed(state)
 
 
-def sample_classification_episodes(
-    images_by_class: Tensor,
-    n_way: int,
-    k_shot: int,
-    query_size: int,
-    num_tasks: int,
-    generator: torch.Generator,
-) -> TaskBatch:
-    """Draws `num_tasks` N-way K-shot tasks from a class-indexed image tensor, without a Python loop.
+def sample_classification_episodes(images_by_class: Tensor, shape: TaskShape, batch_size: int,
+                                   generator: torch.Generator) -> TaskBatch:
+    """Draws `batch_size` N-way K-shot tasks from a class-indexed image tensor, without a Python
+    loop.
 
     images_by_class: uint8 [classes, examples, C, H, W]. Each task takes N distinct classes and
     K + Q distinct examples of each; a class's label is its position in a random permutation, so
     labels 0..N-1 are permuted per task, and support and query are shuffled so that order says
     nothing about the label. Images come back as floats in [0, 1].
     """
+    n_way, k_shot, query_size = shape
     num_classes, num_examples = images_by_class.shape[:2]
     per_class = k_shot + query_size
     # The k smallest of iid uniforms, in ascending order: a uniform random ordered k-subset.
     # topk finds them in linear time (a full argsort over thousands of classes was 10x slower)
     # and picks exactly what argsort()[:k] would.
-    classes = torch.rand(num_tasks, num_classes, generator=generator)
+    classes = torch.rand(batch_size, num_classes, generator=generator)
     classes = classes.topk(n_way, dim=1, largest=False).indices
-    examples = torch.rand(num_tasks, n_way, num_examples, generator=generator)
+    examples = torch.rand(batch_size, n_way, num_examples, generator=generator)
     examples = examples.topk(per_class, dim=2, largest=False).indices
     images = images_by_class[classes.unsqueeze(-1), examples]  # [B, N, K+Q, C, H, W]
     images = images.float().div_(255.0)
-    labels = torch.arange(n_way).view(1, n_way, 1).expand(num_tasks, n_way, per_class)
+    labels = torch.arange(n_way).view(1, n_way, 1).expand(batch_size, n_way, per_class)
 
     def split(part: slice, size: int) -> tuple[Tensor, Tensor]:
-        x = images[:, :, part].reshape(num_tasks, n_way * size, *images.shape[3:])
-        y = labels[:, :, part].reshape(num_tasks, n_way * size)
-        order = torch.rand(num_tasks, n_way * size, generator=generator).argsort(dim=1)
-        batch = torch.arange(num_tasks).unsqueeze(1)
+        x = images[:, :, part].reshape(batch_size, n_way * size, *images.shape[3:])
+        y = labels[:, :, part].reshape(batch_size, n_way * size)
+        order = torch.rand(batch_size, n_way * size, generator=generator).argsort(dim=1)
+        batch = torch.arange(batch_size).unsqueeze(1)
         return x[batch, order], y[batch, order]
 
     support_x, support_y = split(slice(0, k_shot), k_shot)

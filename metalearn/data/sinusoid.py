@@ -32,13 +32,14 @@ class Sinusoid(TaskFamily):
                 raise UserError(f"dataset.{key}=[{low}, {high}] must be [low, high] with low <= high")
         self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
 
-    def sample(self, split, n_way, k_shot, query_size, num_tasks, generator):
+    def sample(self, split, shape, batch_size, generator):
         def uniform(bounds, *shape):
             low, high = bounds
             return low + (high - low) * torch.rand(*shape, generator=generator)
 
-        amplitude = uniform(self.amplitude, num_tasks, 1, 1)
-        phase = uniform(self.phase, num_tasks, 1, 1)
-        x = uniform(self.x_range, num_tasks, k_shot + query_size, 1)
+        _, k_shot, query_size = shape
+        amplitude = uniform(self.amplitude, batch_size, 1, 1)
+        phase = uniform(self.phase, batch_size, 1, 1)
+        x = uniform(self.x_range, batch_size, k_shot + query_size, 1)
         y = amplitude * torch.sin(x - phase)
         return TaskBatch(x[:, :k_shot], y[:, :k_shot], x[:, k_shot:], y[:, k_shot:])

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from metalearn.data.episodes import TaskBatch, sample_classification_episodes
+from metalearn.data.episodes import TaskBatch, TaskShape, sample_classification_episodes
 
 SPLITS = ("train", "val", "test")
 
@@ -20,16 +20,10 @@ class TaskFamily(ABC):
     input_shape: tuple[int, ...]
 
     @abstractmethod
-    def sample(
-        self,
-        split: str,
-        n_way: int,
-        k_shot: int,
-        query_size: int,
-        num_tasks: int,
-        generator: torch.Generator,
-    ) -> TaskBatch:
-        """Draws `num_tasks` tasks from `split` using only `generator` for randomness."""
+    def sample(self, split: str, shape: TaskShape, batch_size: int,
+               generator: torch.Generator) -> TaskBatch:
+        """Draws `batch_size` tasks of `shape` from `split`, using only `generator` for
+        randomness."""
 
 
 class ClassificationTaskFamily(TaskFamily):
@@ -52,7 +46,6 @@ class ClassificationTaskFamily(TaskFamily):
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.images_by_split["train"].shape[2:])
 
-    def sample(self, split, n_way, k_shot, query_size, num_tasks, generator):
-        return sample_classification_episodes(
-            self.images_by_split[split], n_way, k_shot, query_size, num_tasks, generator
-        )
+    def sample(self, split, shape, batch_size, generator):
+        return sample_classification_episodes(self.images_by_split[split], shape, batch_size,
+                                              generator)
