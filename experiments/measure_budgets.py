@@ -13,24 +13,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
+from metalearn.compose import compose_config
 from metalearn.paths import project_root
 from metalearn.training import train
 
 # the budgets live with the tests; put the repository first so that its tests/ is the one found
 sys.path.insert(0, project_root())
-from tests import budgets  # noqa: E402
-
-
-def all_budgets() -> dict[str, list[str]]:
-    runs = {"protonet (lake)": budgets.PROTONET}
-    runs |= {f"{name} (lake)": overrides for name, overrides in budgets.METRIC.items()}
-    runs["metanet (lake)"] = budgets.METANET
-    runs["mann (lake)"] = budgets.MANN
-    runs |= {f"{name} (omniglot)": overrides for name, overrides in budgets.OMNIGLOT.items()}
-    runs |= {f"{name} (sinusoid)": overrides for name, overrides in budgets.SINUSOID.items()}
-    return runs
+from tests.budgets import BUDGETS  # noqa: E402
 
 
 def score(record: dict) -> str:
@@ -53,7 +42,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated name prefixes to run")
     parser.add_argument("--out", default=f"{project_root()}/outputs/budgets.md")
     args = parser.parse_args()
-    runs = all_budgets()
+    runs = {name: budget.overrides for name, budget in BUDGETS.items()}
     if args.only:
         prefixes = args.only.split(",")
         runs = {k: v for k, v in runs.items() if any(k.startswith(p) for p in prefixes)}
@@ -61,8 +50,7 @@ def main() -> None:
              "| test episodes | outer steps | wall time |", "|---|---|---|---|---|"]
     for name, overrides in runs.items():
         with tempfile.TemporaryDirectory() as run_dir:
-            with initialize_config_dir(config_dir=f"{project_root()}/configs", version_base="1.3"):
-                cfg = compose("train", overrides=[*overrides, f"paths.output_dir={run_dir}"])
+            cfg = compose_config(overrides, run_dir)
             started = time.time()
             record = train(cfg)
             elapsed = time.time() - started

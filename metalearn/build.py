@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # building imports Lightning only through the classes it inst
 
     from metalearn.algorithms.base import EpisodicModule
     from metalearn.data.datamodule import EpisodicDataModule
+    from metalearn.data.task_family import TaskFamily
 
 #: the constructor arguments the builder passes, by config group
 INJECTED_ARGUMENTS = {
@@ -102,14 +103,17 @@ def instantiate_checked(node: DictConfig, **kwargs) -> Any:
         raise user_error from None
 
 
-def build(cfg: DictConfig,
-          model: nn.Module | None = None) -> tuple[EpisodicDataModule, EpisodicModule]:
+def build(cfg: DictConfig, model: nn.Module | None = None,
+          tasks: TaskFamily | None = None) -> tuple[EpisodicDataModule, EpisodicModule]:
     """Checks the config, then instantiates the data module and the algorithm it describes.
 
     `model`, a user's network, is the backbone of a config whose backbone is a UserBackbone.
+    `tasks`: the task family when it is already at hand (a TaskSampler's); otherwise the config's
+    dataset, instantiated.
     """
     validate(cfg)
-    tasks = instantiate_checked(cfg.dataset)
+    if tasks is None:
+        tasks = instantiate_checked(cfg.dataset)
     check_algorithm_fits(cfg, tasks)
     check_episode_fits(cfg, tasks)
     datamodule = instantiate(cfg.episode, tasks=tasks)

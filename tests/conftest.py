@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from metalearn.compose import compose_config
 from metalearn.paths import project_root
-from tests import budgets
+from tests.budgets import BUDGETS
 
 ROOT = Path(project_root())
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -48,4 +48,4 @@ def trained_protonet(tmp_path_factory) -> tuple[dict, Path]:
     from metalearn.training import train
 
     run_dir = tmp_path_factory.mktemp("protonet_run")
-    return train(make_config(budgets.PROTONET, run_dir)), run_dir
+    return train(make_config(BUDGETS["protonet (lake)"].overrides, run_dir)), run_dir

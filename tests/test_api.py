@@ -26,6 +26,7 @@ from tests.conftest import ROOT, make_config
 
 LAKE = ["dataset.split=lake", "dataset.rotations=false"]
 SPEC = ROOT.parent / "shared" / "SPEC.md"
+SPEC_COPY = ROOT / "tests" / "spec_entry_points.md"  # its section 1
 
 
 def conv_net(outputs: int) -> nn.Sequential:
@@ -227,10 +228,18 @@ def test_meta_learning_py_gives_train_py_results(tmp_path):
     assert flags["algorithm"] == "protonet" and flags["train_steps"] == 40
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not SPEC.is_file(), reason="the product spec lives beside the repository")
-def test_spec_examples_run(tmp_path, monkeypatch):
+def test_the_spec_examples_copy_is_the_spec():
+    """test_spec_examples_run reads a copy of the SPEC's entry points (so that it runs on a clean
+    clone); where the SPEC is at hand, the copy must still be it."""
     spec = SPEC.read_text()
+    section = spec[spec.index("## 1. Entry points"):spec.index("## 2. Algorithms")]
+    assert SPEC_COPY.read_text() == section
+
+
+@pytest.mark.slow
+def test_spec_examples_run(tmp_path, monkeypatch):
+    spec = SPEC_COPY.read_text()
     # The API block uses names the spec leaves to the reader; define them, then run it as written.
     torch.manual_seed(0)
     test_tasks = TaskSampler(split="test", overrides=LAKE)
@@ -239,8 +248,12 @@ def test_spec_examples_run(tmp_path, monkeypatch):
                  "test_tasks": test_tasks}
     monkeypatch.chdir(tmp_path)
     exec(python_block(spec, "4. A Python API"), namespace)
-    assert 0 <= namespace["acc"] <= 1 and 0 < namespace["ci95"] < 0.1
-    assert isinstance(namespace["loss"], float)
+    learner, adapted = namespace["learner"], namespace["adapted"]
+    assert namespace["acc"] == pytest.approx(
+        (adapted.predict(task.query_x) == task.query_y).float().mean().item())
+    assert isinstance(namespace["loss"], float) and learner.steps_taken == 1
+    assert (learner.config.algorithm.inner_lr, learner.config.algorithm.inner_steps) == (0.01, 5)
+    assert 0 < namespace["ci95"] < 0.1
 
     # The flag-style commands, with a budget appended (a later flag wins).
     commands = re.findall(r"`python meta_learning\.py ([^`]+)`", spec)

@@ -150,9 +150,12 @@ class EpisodicModule(L.LightningModule):
         self.episode_scores[split].update(self.score_episodes(batch))
 
     def report_episodes(self, split: str) -> dict[str, float]:
-        mean, ci95 = mean_and_ci95(self.episode_scores[split].compute())
+        """The mean score of the split's episodes, its 95% interval, and how many were scored."""
+        scores = self.episode_scores[split].compute()
         self.episode_scores[split].reset()
-        results = {f"{split}/{self.score_name}": mean, f"{split}/{self.score_name}_ci95": ci95}
+        mean, ci95 = mean_and_ci95(scores)
+        results = {f"{split}/{self.score_name}": mean, f"{split}/{self.score_name}_ci95": ci95,
+                   f"{split}/episodes": scores.numel()}
         self.log_dict(results, prog_bar=split == "val", sync_dist=False)
         return results
 

@@ -1,0 +1,128 @@
+"""Every config composes and builds: each algorithm with each dataset it supports, every named
+experiment, every hyperparameter search at the ends of its search space, and one fast_dev_run
+(debug=fdr) per algorithm through train.py's own function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from metalearn.algorithms.base import EpisodicModule
+from metalearn.build import build
+from metalearn.compose import compose_config, config_choices
+from metalearn.config_check import component_name
+from metalearn.data.datamodule import EpisodicDataModule
+from metalearn.data.task_family import ClassificationTaskFamily
+from metalearn.paths import CONFIG_DIR
+from metalearn.training import train
+from tests.conftest import make_config
+
+ALGORITHMS = config_choices("algorithm")
+DATASETS = config_choices("dataset")
+
+
+def supported_pairs() -> list[tuple[str, str]]:
+    """(algorithm, dataset) for every dataset whose task type the algorithm takes."""
+    pairs = []
+    for algorithm in ALGORITHMS:
+        for dataset in DATASETS:
+            cfg = compose_config([f"algorithm={algorithm}", f"dataset={dataset}"], ".")
+            if (get_class(cfg.dataset._target_).task_type
+                    in get_class(cfg.algorithm._target_).supported_task_types):
+                pairs.append((algorithm, dataset))
+    return pairs
+
+
+def test_every_algorithm_and_dataset_has_a_config():
+    assert len(ALGORITHMS) == 13 and {"omniglot", "sinusoid"} <= set(DATASETS)
+    regression = [algorithm for algorithm, dataset in supported_pairs() if dataset == "sinusoid"]
+    assert regression == ["fomaml", "maml", "metasgd", "reptile"]
+
+
+@pytest.mark.parametrize(("algorithm", "dataset"), supported_pairs())
+def test_each_algorithm_builds_on_each_dataset_it_supports(algorithm, dataset, tmp_path):
+    cfg = make_config([f"algorithm={algorithm}", f"dataset={dataset}"], tmp_path)
+    datamodule, model = build(cfg)
+    assert isinstance(datamodule, EpisodicDataModule) and isinstance(model, EpisodicModule)
+    assert component_name(cfg.algorithm) == algorithm
+    assert datamodule.meta_batch_size == cfg.episode.meta_batch_size
+    # the built module predicts a task of the config's shape
+    batch = datamodule.val_dataloader().dataset[0]
+    with torch.no_grad():
+        predictions = model.eval().adapt_and_predict(*batch.task(0)[:3])
+    assert predictions.shape[0] == batch.query_x.shape[1]
+
+
+def synthetic_tasks(input_shape: tuple[int, ...], classes: int = 60,
+                    examples: int = 20) -> ClassificationTaskFamily:
+    """Random images of the given shape: a stand-in for a dataset at a size not cached here."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (classes, examples, *input_shape), dtype=torch.uint8,
+                           generator=generator)
+    return ClassificationTaskFamily({"train": images, "val": images, "test": images})
+
+
+def build_composed(cfg: DictConfig):
+    """Builds a config; Omniglot at another image size than the cached 28 px on random images of
+    that size (only the data differs: every config group is instantiated)."""
+    if component_name(cfg.dataset) == "omniglot" and cfg.dataset.image_size != 28:
+        size = cfg.dataset.image_size
+        return build(cfg, tasks=synthetic_tasks((1, size, size), classes=cfg.episode.n_way))
+    return build(cfg)
+
+
+@pytest.mark.parametrize("experiment", config_choices("experiment"))
+def test_each_experiment_builds(experiment, tmp_path):
+    cfg = make_config([f"experiment={experiment}"], tmp_path)
+    assert component_name(cfg.algorithm) in experiment  # maml_omniglot -> maml
+    datamodule, model = build_composed(cfg)
+    assert model.output_dim == (cfg.episode.n_way if model.task_type == "classification" else 1)
+    assert datamodule.steps_per_epoch == cfg.episode.num_tasks // cfg.episode.meta_batch_size
+
+
+def search_space_ends(cfg: DictConfig) -> list[list[str]]:
+    """Overrides setting every parameter of a search to its first value, then to its last: the
+    ends of each choice list and interval."""
+    params = [f"{key}={value}" for key, value in cfg.hydra.sweeper.params.items()]
+    firsts, lasts = [], []
+    for override in OverridesParser.create().parse_overrides(params):
+        sweep = override.value()
+        if isinstance(sweep, ChoiceSweep):
+            ends = sweep.list[0], sweep.list[-1]
+        else:
+            assert isinstance(sweep, IntervalSweep), override
+            ends = sweep.start, sweep.end
+        firsts.append(f"{override.key_or_group}={ends[0]}")
+        lasts.append(f"{override.key_or_group}={ends[1]}")
+    return [firsts, lasts]
+
+
+@pytest.mark.parametrize("search", config_choices("hparams_search"))
+def test_each_hyperparameter_search_builds_at_the_ends_of_its_space(search, tmp_path):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        searched = compose("train", overrides=[f"hparams_search={search}"],
+                           return_hydra_config=True)
+    assert search.startswith(component_name(searched.algorithm))  # protonet_optuna -> protonet
+    for overrides in search_space_ends(searched):
+        cfg = make_config([f"hparams_search={search}", *overrides], tmp_path)
+        build(cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_fast_dev_run_of_each_algorithm(algorithm, tmp_path):
+    """One meta-training step, one validation and one test batch of each algorithm's default
+    config (2 tasks a step and a smaller Conv4 where it has one, to keep 13 runs short)."""
+    overrides = [f"algorithm={algorithm}", "debug=fdr", "episode.eval_batch_size=2",
+                 "episode.meta_batch_size=2"]
+    if make_config(overrides, tmp_path).backbone.get("hidden_channels"):
+        overrides.append("backbone.hidden_channels=16")
+    record = train(make_config(overrides, tmp_path))
+    # the record tells what ran: one step, one test batch of 2 episodes (not the config's 600)
+    assert record["train_steps"] == 1 and record["test_episodes"] == 2
+    assert not list(tmp_path.glob("**/*.ckpt"))
