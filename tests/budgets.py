@@ -57,18 +57,18 @@ BUDGETS = {
     "protonet (lake)": Budget(
         ["algorithm=protonet", "dataset.split=lake", "dataset.rotations=false", "num_epochs=1",
          "episode.num_tasks=500", "episode.val_episodes=100", "episode.test_episodes=600",
-         "seed=1"], 0.9365, 0.0048),
+         "seed=1"], 0.9376, 0.0048),
     "matchingnet (lake)": Budget(["algorithm=matchingnet", "episode.num_tasks=600", *_LAKE],
-                                 0.8857, 0.0116),
+                                 0.8781, 0.0116),
     "relationnet (lake)": Budget(["algorithm=relationnet", "episode.num_tasks=500", *_LAKE],
-                                 0.8772, 0.0126),
+                                 0.8502, 0.0141),
     "siamese (lake)": Budget(["algorithm=siamese", "episode.num_tasks=600", *_LAKE],
-                             0.7981, 0.0151),
+                             0.8062, 0.0138),
     # Meta Networks: 600 tasks with a 32-channel Conv4 for each of b and u and training tasks of
     # 5 queries per class.
     "metanet (lake)": Budget(["algorithm=metanet", "backbone.hidden_channels=32",
                               "episode.train_query_size=5", "episode.num_tasks=600", *_LAKE],
-                             0.8476, 0.0137),
+                             0.8411, 0.0142),
     # MANN, 5-way sequences of 10 presentations per class: 1,200 steps of 48 sequences, with one
     # head, a 100-unit controller and 64 slots (the config has the paper's 4, 200 and 128, which
     # learn more slowly). Its memory use starts after about 25,000 sequences.
@@ -76,34 +76,34 @@ BUDGETS = {
                            "algorithm.controller_size=100", "algorithm.memory_slots=64",
                            "episode.meta_batch_size=48", "algorithm.outer_lr=0.003",
                            "trainer.gradient_clip_val=10", "episode.num_tasks=57600", *_LAKE],
-                          0.4442, 0.0157),
+                          0.4599, 0.0161),
     "fomaml (omniglot)": Budget(["algorithm=fomaml", "episode.num_tasks=4000", *_GRADIENT],
-                                0.7611, 0.0141),
+                                0.7525, 0.0154),
     "metasgd (omniglot)": Budget(["algorithm=metasgd", "episode.num_tasks=2000", *_GRADIENT],
-                                 0.9329, 0.0084),
+                                 0.9218, 0.0093),
     "anil (omniglot)": Budget(["algorithm=anil", "episode.num_tasks=4000", *_GRADIENT],
-                              0.9039, 0.0122),
+                              0.9107, 0.0126),
     # The LSTM meta-learner: 240 tasks, 16-channel Conv4, 5 inner steps.
     "meta_lstm (omniglot)": Budget(
         ["algorithm=meta_lstm", "backbone.hidden_channels=16", "algorithm.inner_steps=5",
          "algorithm.test_inner_steps=5", "algorithm.outer_lr=0.005", "num_epochs=1",
          "episode.num_tasks=240", "episode.val_episodes=8", "episode.test_episodes=100"],
-        0.7804, 0.0201),
+        0.7793, 0.0215),
     # Reptile: the algorithm's defaults with a 16-channel Conv4 and training tasks of 1 + 4
     # examples per class, 1,000 tasks (200 outer steps of 5).
     "reptile (omniglot)": Budget(
         ["algorithm=reptile", "backbone.hidden_channels=16", "episode.train_query_size=4",
          "num_epochs=1", "episode.num_tasks=1000", "episode.val_episodes=20",
-         "episode.test_episodes=200", "seed=1"], 0.7405, 0.0125),
+         "episode.test_episodes=200", "seed=1"], 0.7395, 0.0131),
     "maml (sinusoid)": Budget(["experiment=maml_sinusoid", "algorithm=maml", "num_epochs=2",
-                               *_SINUSOID], 0.890, 0.170),
+                               *_SINUSOID], 0.883, 0.167),
     "fomaml (sinusoid)": Budget(["experiment=maml_sinusoid", "algorithm=fomaml", "num_epochs=3",
                                  *_SINUSOID], 0.896, 0.157),
     # Meta-SGD's learned rates are for its one training step (the experiment tests with 10).
     "metasgd (sinusoid)": Budget(["experiment=maml_sinusoid", "algorithm=metasgd",
                                   "num_epochs=2", *_SINUSOID, "algorithm.test_inner_steps=1"],
-                                 0.414, 0.073),
+                                 0.42, 0.073),
     "reptile (sinusoid)": Budget(["experiment=reptile_sinusoid", "num_epochs=2",
                                   "episode.num_tasks=5000", "episode.val_episodes=50",
-                                  "episode.test_episodes=200", "seed=3"], 0.837, 0.182),
+                                  "episode.test_episodes=200", "seed=3"], 0.917, 0.196),
 }

@@ -198,6 +198,12 @@ def test_siamese_similarity_is_a_learned_weighted_l1_distance():
     assert torch.allclose(scores[:, 1], torch.sigmoid(by_hand[:, 1:]).mean(1), atol=1e-6)
 
 
+def three_way_task() -> TaskBatch:
+    """One 3-way 2-shot task of float64 images, 7 queries, labels in a fixed mixed order."""
+    return TaskBatch(images(6).double().unsqueeze(0), torch.tensor([[1, 0, 2, 2, 0, 1]]),
+                     images(7, seed=1).double().unsqueeze(0), torch.tensor([[2, 0, 1, 1, 2, 0, 0]]))
+
+
 def test_siamese_trains_on_binary_cross_entropy_of_its_pairs():
     """The loss written out pair by pair: query j with support j mod K of its own class (same)
     and of the next class (different), p = sigmoid(sum_i alpha_i |h_q,i - h_s,i| + b), and
@@ -205,10 +211,8 @@ def test_siamese_trains_on_binary_cross_entropy_of_its_pairs():
     model = metric_model("siamese").double().train()
     with torch.no_grad():
         model.distance_weights.weight.normal_(generator=torch.Generator().manual_seed(2))
-    support_y = torch.tensor([1, 0, 2, 2, 0, 1])  # 3-way 2-shot
-    query_y = torch.tensor([2, 0, 1, 1, 2, 0, 0])
-    batch = TaskBatch(images(6).double().unsqueeze(0), support_y.unsqueeze(0),
-                      images(7, seed=1).double().unsqueeze(0), query_y.unsqueeze(0))
+    batch = three_way_task()
+    support_y, query_y = batch.support_y[0], batch.query_y[0]
     loss, predictions = model.meta_train_loss(batch)
     features = model.embed(torch.cat([batch.support_x[0], batch.query_x[0]]))
     support, query = features[:6], features[6:]
@@ -235,10 +239,8 @@ def test_protonet_meta_gradient_matches_the_papers_loss_written_out():
     embeddings, p(y = k | x) a softmax over -||f(x) - c_k||^2, the loss the mean negative
     log-probability of the true class; its gradient with respect to every weight."""
     model = metric_model("protonet").double().train()
-    support_y = torch.tensor([1, 0, 2, 2, 0, 1])
-    query_y = torch.tensor([2, 0, 1, 1, 2, 0, 0])
-    batch = TaskBatch(images(6).double().unsqueeze(0), support_y.unsqueeze(0),
-                      images(7, seed=1).double().unsqueeze(0), query_y.unsqueeze(0))
+    batch = three_way_task()
+    support_y, query_y = batch.support_y[0], batch.query_y[0]
     loss, _ = model.meta_train_loss(batch)
     features = model.embed(torch.cat([batch.support_x[0], batch.query_x[0]]))
     support, query = features[:6], features[6:]
@@ -264,5 +266,5 @@ def test_learns_omniglot_5way_1shot(tmp_path, algorithm):
     record = train(make_config(budget.overrides, tmp_path))
     assert (record["algorithm"], record["n_way"], record["k_shot"]) == (algorithm, 5, 1)
     budget.check(record)
-    if algorithm == "siamese":  # measured with the N-way score: 86.51% +- 0.92%
-        assert record["test_pair_acc"] >= 0.8651 - CIS_OF_ROOM * 0.0092, record
+    if algorithm == "siamese":  # measured with the N-way score: 86.77% +- 0.86%
+        assert record["test_pair_acc"] >= 0.8677 - CIS_OF_ROOM * 0.0086, record

