@@ -107,8 +107,9 @@ class AdaptedModel:
     `evaluate` the accuracy (regression: the mean squared error).
     """
 
-    def __init__(self, learner: MetaLearner, predictor: Callable[[Tensor], Tensor]):
-        self.learner, self.predictor = learner, predictor
+    def __init__(self, learner: MetaLearner, predictor: Callable[[Tensor], Tensor],
+                 classes: int | None):
+        self.learner, self.predictor, self.classes = learner, predictor, classes
 
     def __call__(self, x: Any) -> Tensor:
         x = self.learner.inputs(x, "x")
@@ -120,7 +121,7 @@ class AdaptedModel:
         return outputs.argmax(-1) if self.learner.module.task_type == "classification" else outputs
 
     def evaluate(self, x: Any, y: Any) -> float:
-        x, y = self.learner.labelled_set((x, y), "query set")
+        x, y = self.learner.labelled_set((x, y), "query set", classes=self.classes)
         return self.learner.module.episode_score(self(x).unsqueeze(0), y.unsqueeze(0)).item()
 
 
@@ -272,16 +273,16 @@ class MetaLearner:
         `n_steps`: inner steps for gradient-based algorithms (default: `test_inner_steps`;
         0 keeps the meta-learned initialisation); the others adapt in one pass.
         """
-        x, y = self.labelled_set(support_set, "support_set")
-        if n_steps is not None and (isinstance(n_steps, bool) or not isinstance(n_steps, int)
-                                    or n_steps < 0):
-            raise UserError(f"n_steps={n_steps!r} must be a whole number >= 0")
+        x, y = self.labelled_set(support_set, "support_set", support=True)
+        if n_steps is not None:
+            check_whole_number("n_steps", n_steps, minimum=0)
+        classes = int(y.max()) + 1 if self.module.task_type == "classification" else None
         with evaluating(self.module), torch.no_grad():  # as Lightning tests
-            return AdaptedModel(self, self.module.adapt(x, y, n_steps))
+            return AdaptedModel(self, self.module.adapt(x, y, n_steps), classes)
 
     def evaluate(self, adapted: AdaptedModel, query_set: LabelledSet) -> float:
         """Accuracy of an adapted model on a query set (regression: mean squared error)."""
-        return adapted.evaluate(*self.labelled_set(query_set, "query_set"))
+        return adapted.evaluate(*self.labelled_set(query_set, "query_set", classes=adapted.classes))
 
     # Checkpoints -------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
@@ -325,6 +326,8 @@ class MetaLearner:
         return torch.device("cpu") if parameter is None else parameter.device
 
     def inputs(self, x: Any, name: str, batch_dims: int = 1) -> Tensor:
+        """x as this learner's inputs: the dataset's input shape after `batch_dims` dimensions,
+        at least one example, finite values, on the learner's device."""
         x = torch.as_tensor(x)
         expected = tuple(self.tasks.input_shape)
         if tuple(x.shape[batch_dims:]) != expected or x.dim() != len(expected) + batch_dims:
@@ -333,10 +336,18 @@ class MetaLearner:
                 f"{'[tasks, examples' if batch_dims == 2 else '[examples'}, "
                 f"{', '.join(map(str, expected))}] ({component_name(self.config.dataset)} inputs)"
             )
-        return x.to(self.device, torch.get_default_dtype())
+        if x.numel() == 0:
+            raise UserError(f"{name} is empty: a task needs at least one example")
+        x = x.to(self.device, torch.get_default_dtype())
+        if not torch.isfinite(x).all():
+            raise UserError(f"{name} holds NaN or infinite values")
+        return x
 
-    def labelled_set(self, data: LabelledSet, name: str) -> tuple[Tensor, Tensor]:
-        """(x, y) from {"x": ..., "y": ...} or (x, y), checked against this learner."""
+    def labelled_set(self, data: LabelledSet, name: str, support: bool = False,
+                     classes: int | None = None) -> tuple[Tensor, Tensor]:
+        """(x, y) from {"x": ..., "y": ...} or (x, y), checked against this learner: a support
+        set's labels name its classes, a query set's those of the support set it is scored
+        against (`classes`)."""
         if isinstance(data, Mapping) and set(data) >= {"x", "y"}:
             x, y = data["x"], data["y"]
         elif isinstance(data, Sequence) and not isinstance(data, str) and len(data) == 2:
@@ -347,19 +358,36 @@ class MetaLearner:
         x, y = self.inputs(x, f"{name} x"), torch.as_tensor(y).to(self.device)
         if len(y) != len(x):
             raise UserError(f"{name} has {len(x)} inputs but {len(y)} targets")
-        if self.module.task_type == "classification":
-            self.check_labels(y, name)
-        else:
+        if self.module.task_type != "classification":
             y = y.to(x.dtype)
+            if not torch.isfinite(y).all():
+                raise UserError(f"{name} targets hold NaN or infinite values")
+        elif support:
+            self.check_support_labels(y, name)
+        else:
+            self.check_query_labels(y, name, classes)
         return x, y
 
-    def check_labels(self, y: Tensor, name: str) -> None:
+    def check_support_labels(self, y: Tensor, name: str) -> None:
+        """Classes 0..N-1, each with at least one example (N at most the learner's outputs)."""
+        self.check_query_labels(y, name, self.fixed_classes)
+        missing = sorted(set(range(int(y.max()) + 1)) - set(y.tolist()))
+        if missing:
+            raise UserError(f"{name} has no example of class {missing[0]}: labels must be "
+                            "0..N-1 with at least one support example of each class")
+
+    def check_query_labels(self, y: Tensor, name: str, classes: int | None) -> None:
+        """Integer labels, in 0..classes-1 when the number of classes is known."""
         if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1:
             raise UserError(f"{name} labels must be a 1-D integer tensor of classes 0..N-1")
-        if not self.module.supports_other_train_way and len(y) and (
-                y.min() < 0 or y.max() >= self.module.output_dim):
-            raise UserError(f"{name} labels must lie in 0..{self.module.output_dim - 1}: this "
-                            f"{self.algorithm} learner has {self.module.output_dim} outputs")
+        if y.min() < 0 or (classes is not None and y.max() >= classes):
+            raise UserError(f"{name} labels must lie in 0..{(classes or 1) - 1}; got "
+                            f"{int(y.min())}..{int(y.max())}")
+
+    @property
+    def fixed_classes(self) -> int | None:
+        """The number of classes of every task, for algorithms with one output per class."""
+        return None if self.module.supports_other_train_way else self.module.output_dim
 
     def task_batch(self, tasks: TaskBatch | Task | Sequence[TaskBatch | Task],
                    name: str) -> TaskBatch:
@@ -376,8 +404,10 @@ class MetaLearner:
         support_x = self.inputs(tasks.support_x, f"{name} support_x", batch_dims=2)
         query_x = self.inputs(tasks.query_x, f"{name} query_x", batch_dims=2)
         if self.module.task_type == "classification":
-            for labels in (tasks.support_y, tasks.query_y):
-                self.check_labels(labels.flatten(), name)
+            for task in range(tasks.batch_size):
+                self.check_support_labels(tasks.support_y[task], f"{name} support_y")
+                self.check_query_labels(tasks.query_y[task], f"{name} query_y",
+                                        int(tasks.support_y[task].max()) + 1)
         return TaskBatch(support_x, tasks.support_y.to(self.device), query_x,
                          tasks.query_y.to(self.device))
 

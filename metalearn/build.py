@@ -92,6 +92,23 @@ def find_user_error(error: BaseException | None) -> UserError | None:
     return None
 
 
+def find_cause(error: BaseException) -> BaseException:
+    """The exception that started a chain (what a constructor raised inside instantiate)."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def instantiate_trainer(node: DictConfig, **kwargs) -> Any:
+    """Lightning's Trainer from the trainer config; a setting Lightning refuses (an unknown
+    precision, a GPU that is not there) is a UserError in one line."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as error:
+        message = str(find_cause(error)).strip().splitlines()[0]
+        raise UserError(f"trainer: {message}") from None
+
+
 def instantiate_checked(node: DictConfig, **kwargs) -> Any:
     """hydra.utils.instantiate, letting a UserError raised by a constructor through as itself."""
     try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -46,6 +47,12 @@ def moved_key_overrides(overrides: Iterable[str]) -> list[str]:
                 override = f"{match.group(1)}{new}{match.group(2) or ''}"
         renamed.append(override)
     return renamed
+
+
+def override_keys(overrides: Iterable[str]) -> list[str]:
+    """The config keys (or groups) named by command-line overrides, such as 'episode.k_shot'."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return [override.key_or_group for override in parsed]
 
 
 def upgrade_stored_config(cfg: DictConfig) -> DictConfig:

@@ -6,6 +6,9 @@ Each problem is reported as one line naming the key, the value and what is allow
 
 from __future__ import annotations
 
+import os
+
+import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
@@ -24,7 +27,9 @@ POSITIVE_INTS = (
     "algorithm.meta_hidden_size", "num_epochs", "eval_frequency", "save_frequency",
     "dataset.image_size", "backbone.hidden_channels", "backbone.num_blocks",
 )
-POSITIVE_FLOATS = ("algorithm.outer_lr", "algorithm.inner_lr", "algorithm.cosine_scale")
+# keys that must be numbers > 0 wherever they are set (null leaves gradient clipping off)
+POSITIVE_FLOATS = ("algorithm.outer_lr", "algorithm.inner_lr", "algorithm.cosine_scale",
+                   "algorithm.scheduler.gamma", "trainer.gradient_clip_val")
 
 
 def component_name(node: DictConfig) -> str:
@@ -42,8 +47,24 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             check_positive_number(key, value)
+    check_whole_number("seed", cfg.get("seed"), minimum=0)
+    check_devices(cfg)
     if cfg.get("test_ckpt") not in ("best", "last"):
         raise UserError(f"test_ckpt={cfg.get('test_ckpt')!r} must be one of: best, last")
+
+
+def check_devices(cfg: DictConfig) -> None:
+    """A GPU run needs a GPU, and a CPU run cannot have more processes than the machine has cores
+    (checked before any process starts)."""
+    trainer = cfg.get("trainer") or {}
+    accelerator, devices = trainer.get("accelerator"), trainer.get("devices")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.accelerator={accelerator}, but this machine has no GPU that "
+                        "torch can use; use trainer=cpu (or trainer.accelerator=auto)")
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and isinstance(devices, int) and devices > (os.cpu_count() or 1):
+        raise UserError(f"trainer.devices={devices} is more than the {os.cpu_count()} CPU cores "
+                        "of this machine")
 
 
 def check_algorithm_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
@@ -74,6 +95,9 @@ def check_episode_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
     if episode.get("train_query_size"):
         queries.append(("train_query_size", episode.train_query_size))
     for split, (key, n_way) in ways.items():
+        if n_way < 2:
+            raise UserError(f"episode.{key}={n_way}: a classification task needs at least 2 "
+                            "classes (with one, every prediction is right)")
         classes = tasks.num_classes(split)
         if n_way > classes:
             raise UserError(

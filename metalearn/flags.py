@@ -20,6 +20,7 @@ from metalearn.compose import (
     apply_settings,
     compose_config,
     config_choices,
+    override_keys,
     setting_keys,
 )
 from metalearn.errors import UserError, check_positive_number, check_whole_number
@@ -97,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="query examples per class (episode.query_size)")
     parser.add_argument("--tasks", type=whole_number(1),
                         help="meta-training tasks in all, spread evenly over the epochs (--epochs, "
-                             "1 when --tasks is given alone); default: the config's "
-                             "episode.num_tasks per epoch")
+                             "1 when --tasks is given alone), in whole meta-batches (rounded up, "
+                             "with a warning); default: the config's episode.num_tasks per epoch")
     parser.add_argument("--epochs", type=whole_number(1),
                         help="epochs, each followed by validation and a checkpoint (num_epochs)")
     parser.add_argument("--inner-steps", type=whole_number(1),
@@ -129,8 +130,26 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     return settings
 
 
+def check_set_overrides(overrides: Sequence[str], settings: dict[str, Any],
+                        keys: dict[str, str]) -> None:
+    """--set must not change what a flag chooses: the algorithm and dataset (their own flags),
+    or a key a given flag sets."""
+    flag_of = {name: flag for flag, name in FLAG_SETTINGS.items()}
+    set_by_flags = {keys[name]: f"--{flag_of.get(name, 'tasks').replace('_', '-')}"
+                    for name in settings if name in keys}
+    for override, key in zip(overrides, override_keys(overrides)):
+        if key.lstrip("+~") in ("algorithm", "dataset"):
+            raise UserError(f"--set {override}: choose the {key.lstrip('+~')} with "
+                            f"--{key.lstrip('+~')}")
+        if key.lstrip("+~") in set_by_flags:
+            raise UserError(f"--set {override} and {set_by_flags[key.lstrip('+~')]} both set "
+                            f"{key.lstrip('+~')}; give it once")
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     algorithm = algorithm_name(args.algorithm)
+    if args.output_dir is not None and args.output_dir.exists() and not args.output_dir.is_dir():
+        raise UserError(f"--output-dir {args.output_dir} is a file; name a directory")
     cfg = compose_config([f"algorithm={algorithm}", f"dataset={args.dataset}", *args.set],
                          args.output_dir)
     settings = settings_from(args, parser)
@@ -139,6 +158,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
         if name in settings and name not in known:
             raise UserError(f"--{flag.replace('_', '-')} does not apply to {algorithm} "
                             f"(it has no {name} setting)")
+    check_set_overrides(args.set, settings, known)
     apply_settings(cfg, settings)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

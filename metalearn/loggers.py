@@ -1,22 +1,75 @@
-"""The run's loggers beyond Lightning's defaults: Weights & Biases set up so that it never prompts
-for a login, the resolved config for every logger, and the results and plots at the end of a run."""
+"""The run's loggers beyond Lightning's defaults: a CSV logger that keeps a resumed run's history,
+Weights & Biases set up so that it never prompts for a login, the resolved config for every
+logger, and the results and plots at the end of a run."""
 
 from __future__ import annotations
 
+import csv
 import netrc
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import lightning.pytorch.loggers as lightning_loggers
 from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from matplotlib.image import imread
 
 from metalearn.results import results_table
 from metalearn.sweeps import in_multirun
 
 WANDB_HOST = "https://api.wandb.ai"
+
+
+class CSVLogger(lightning_loggers.CSVLogger):
+    """Lightning's CSVLogger (metrics.csv), which keeps a resumed run's history.
+
+    Lightning's deletes an existing metrics.csv when it starts. Checkpoints record how many rows
+    were written when they were saved (`flush_csv`) and the row their step had yet to log; a run
+    resumed from one calls `keep_rows` with those before anything is logged, and this logger then
+    keeps exactly those rows and appends to them, dropping what the interrupted run logged after
+    its checkpoint.
+    """
+
+    rows_kept: int | None = None
+    pending_row: dict[str, float] | None = None
+
+    def keep_rows(self, count: int, pending_row: dict[str, float] | None = None) -> None:
+        self.rows_kept, self.pending_row = count, pending_row
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _ExperimentWriter:
+        if self._experiment is None and self.rows_kept is not None:
+            path = Path(self.log_dir) / _ExperimentWriter.NAME_METRICS_FILE
+            header, rows = [], []
+            if path.is_file():
+                with path.open(newline="") as file:
+                    reader = csv.DictReader(file)
+                    header, rows = list(reader.fieldnames or []), list(reader)[:self.rows_kept]
+            writer = super().experiment  # deletes the file
+            writer.metrics_keys, writer.metrics = header, rows
+            if self.pending_row is not None:
+                writer.metrics.append(self.pending_row)
+            writer.save()
+        return super().experiment
+
+
+def flush_csv(loggers: Iterable[Logger]) -> int | None:
+    """Writes out what the CSV logger holds and returns the rows of its metrics.csv (None without
+    a CSV logger)."""
+    for logger in loggers:
+        if isinstance(logger, lightning_loggers.CSVLogger):
+            logger.save()
+            path = Path(logger.log_dir) / _ExperimentWriter.NAME_METRICS_FILE
+            if not path.is_file():
+                return 0
+            with path.open(newline="") as file:
+                return sum(1 for _ in csv.DictReader(file))
+    return None
 
 
 def has_netrc_key(environ: Mapping[str, str]) -> bool:

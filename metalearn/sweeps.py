@@ -14,14 +14,18 @@ import atexit
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from metalearn.compose import checked_choice, config_choices
 from metalearn.errors import UserError
 from metalearn.files import atomic_write, write_text
 
@@ -42,27 +46,40 @@ def record_job_error(message: str) -> None:
     write_text(Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE, message + "\n")
 
 
+def job_started(job_dir: Path) -> float:
+    """When the job began: Hydra writes .hydra/hydra.yaml as each job starts."""
+    return (job_dir / ".hydra" / "hydra.yaml").stat().st_mtime
+
+
+def written_by_job(job_dir: Path, name: str) -> bool:
+    """Whether the job wrote this file itself (not an earlier sweep into the same directory)."""
+    path = job_dir / name
+    return path.is_file() and path.stat().st_mtime >= job_started(job_dir)
+
+
 def job_status(job_dir: Path) -> str:
-    if (job_dir / "results.json").is_file():
+    if written_by_job(job_dir, "results.json"):
         return "ok"
-    if (job_dir / ERROR_FILE).is_file():
+    if written_by_job(job_dir, ERROR_FILE):
         return "failed: " + (job_dir / ERROR_FILE).read_text().strip()
     return FAILED
 
 
-def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job directory of a sweep (a folder with .hydra/overrides.yaml), by job number."""
+def job_rows(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
+    """One row per job directory of a sweep (a folder with .hydra/overrides.yaml) that started
+    at `since` or later, by job number."""
     rows = []
     for overrides_file in sweep_dir.glob("**/.hydra/overrides.yaml"):
         job_dir = overrides_file.parent.parent
-        results_file = job_dir / "results.json"
+        if job_started(job_dir) < since:  # a job of an earlier sweep into this directory
+            continue
         row = {
             "job": OmegaConf.load(job_dir / ".hydra" / "hydra.yaml").hydra.job.num,
             "overrides": " ".join(OmegaConf.load(overrides_file)),
             "status": job_status(job_dir),
         }
-        if results_file.is_file():
-            record = json.loads(results_file.read_text())
+        if row["status"] == "ok":
+            record = json.loads((job_dir / "results.json").read_text())
             row.update((key, record[key]) for key in SCORE_KEYS if key in record)
         row["dir"] = str(job_dir.relative_to(sweep_dir))
         rows.append(row)
@@ -74,10 +91,10 @@ def markdown_cell(value: Any) -> str:
     return text.replace("|", r"\|")
 
 
-def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Writes summary.csv (full precision) and summary.md (a Markdown table) into sweep_dir;
-    returns the rows."""
-    rows = job_rows(sweep_dir)
+def write_summary(sweep_dir: Path, since: float = 0.0) -> list[dict[str, Any]]:
+    """Writes summary.csv (full precision) and summary.md (a Markdown table) into sweep_dir, for
+    the jobs started at `since` or later; returns the rows."""
+    rows = job_rows(sweep_dir, since)
     scores = [key for key in SCORE_KEYS if any(key in row for row in rows)]
     columns = ["job", "overrides", "status", *scores, "dir"]
     with atomic_write(sweep_dir / "summary.csv") as partial, open(partial, "w", newline="") as file:
@@ -98,6 +115,12 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.started = time.time()
+        try:
+            check_group_choices(config.hydra.overrides.task)
+        except UserError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
         atexit.register(self.write)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -114,7 +137,21 @@ class SweepSummary(Callback):
     def write(self) -> list[dict[str, Any]]:
         if not self.sweep_dir.is_dir():  # no job started when composing failed
             return []
-        return write_summary(self.sweep_dir)
+        return write_summary(self.sweep_dir, self.started)
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """Every value a sweep gives a config group (`algorithm=maml,protonet`) must be a config of
+    that group: checked before any job runs."""
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        group = override.key_or_group
+        if not config_choices(group):
+            continue
+        values = override.value()
+        values = values.list if isinstance(values, ChoiceSweep) else [values]
+        for value in values:
+            if isinstance(value, str):
+                checked_choice(group, value)
 
 
 def optimized_value(cfg: DictConfig, record: dict[str, Any]) -> float | None:

@@ -1,43 +1,62 @@
-"""train.py's job: meta-train, validate and test what a composed config describes."""
+"""train.py's job: meta-train, validate and test what a composed config describes.
+
+A run owns its directory (locked while it lives, refused if it holds another run), checks that it
+can write its checkpoints before training, and resumes from a checkpoint as if it had never
+stopped: weights, optimiser, loops, the task stream, the metric history and the wall time. A
+non-finite loss or score stops it with one line naming the last checkpoint whose meta-val score
+was finite; it is never a result.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from metalearn.build import build, instantiate_all
-from metalearn.checkpoints import StoreConfigInCheckpoint
+from metalearn.algorithms.base import NonFiniteError
+from metalearn.build import build, instantiate_all, instantiate_trainer, validate
+from metalearn.checkpoints import (
+    CONFIG_KEY,
+    RUN_STATE_KEY,
+    AtomicCheckpointIO,
+    RunState,
+    load_checkpoint,
+)
+from metalearn.config_check import component_name
 from metalearn.config_tree import print_config_tree
 from metalearn.errors import UserError
 from metalearn.files import write_text
-from metalearn.loggers import log_config, log_results
+from metalearn.loggers import CSVLogger, end_wandb_runs, log_config, log_results
 from metalearn.plots import write_learning_curves
 from metalearn.results import describe, results_record, write_results
+from metalearn.run_dir import check_writable, claim, lock
 from metalearn.sweeps import optimized_value
 
 log = logging.getLogger(__name__)
 
 
-def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> Path | None:
     if ckpt_path is None:
         return None
-    path = Path(output_dir) / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
+    path = output_dir / "checkpoints" / "last.ckpt" if ckpt_path == "last" else Path(ckpt_path)
     if not path.is_file():
         raise UserError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
-    return str(path)
+    return path
 
 
-def make_trainer(cfg: DictConfig, resolved: dict) -> L.Trainer:
+def make_trainer(cfg: DictConfig, resolved: dict, started: float | None = None) -> L.Trainer:
     """The config's Lightning Trainer with its callbacks and loggers; checkpoints carry `resolved`,
-    the config that rebuilds the model."""
-    callbacks = instantiate_all(cfg.get("callbacks")) + [StoreConfigInCheckpoint(resolved)]
-    return instantiate(cfg.trainer, callbacks=callbacks,
-                       logger=instantiate_all(cfg.get("logger")) or False)
+    the config that rebuilds the model, and the run's state. A setting Lightning refuses is a
+    UserError in one line."""
+    callbacks = instantiate_all(cfg.get("callbacks")) + [RunState(resolved, started)]
+    return instantiate_trainer(cfg.trainer, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+                               logger=instantiate_all(cfg.get("logger")) or False)
 
 
 def write_config(output_dir: Path, resolved: dict) -> None:
@@ -45,22 +64,89 @@ def write_config(output_dir: Path, resolved: dict) -> None:
     write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
 
+def checked_resume(cfg: DictConfig, ckpt_path: Path, model: L.LightningModule) -> dict:
+    """The checkpoint a run resumes from, which must be this algorithm's with these shapes."""
+    checkpoint = load_checkpoint(str(ckpt_path))
+    stored = OmegaConf.create(checkpoint[CONFIG_KEY])
+    if stored.algorithm._target_ != cfg.algorithm._target_:
+        raise UserError(f"ckpt_path={str(ckpt_path)!r} is a checkpoint of "
+                        f"{component_name(stored.algorithm)}; this run is "
+                        f"{component_name(cfg.algorithm)}")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as error:
+        raise UserError(f"ckpt_path={str(ckpt_path)!r} does not fit this run's model "
+                        f"({str(error).splitlines()[1].strip()}); resume it with the settings "
+                        "it was trained with") from None
+    return checkpoint
+
+
+def check_monitor(cfg: DictConfig, model: L.LightningModule) -> None:
+    if cfg.monitor not in model.validation_metrics:
+        raise UserError(f"monitor={cfg.monitor!r} is not a meta-validation score of "
+                        f"{component_name(cfg.algorithm)}; use one of: "
+                        f"{', '.join(model.validation_metrics)}")
+
+
+def stop_message(error: NonFiniteError, cfg: DictConfig, trainer: L.Trainer) -> str:
+    """The non-finite error, the last checkpoint whose meta-val score was finite, and what to
+    change."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.best_model_path:
+        kept = (f"The last checkpoint with a finite meta-val score is "
+                f"{Path(callback.best_model_path).relative_to(Path(cfg.paths.output_dir))} "
+                f"({cfg.monitor} {callback.best_model_score.item():.4f})")
+    else:
+        kept = "No checkpoint had a finite meta-val score"
+    rates = [f"{key}={value}" for key, value in cfg.algorithm.items()
+             if key in ("outer_lr", "inner_lr") and value is not None]
+    return (f"{error}. {kept}. Start a new run with smaller learning rates "
+            f"({', '.join(f'algorithm.{rate}' for rate in rates)}) or with "
+            "trainer.gradient_clip_val set: resuming would keep the optimiser's learning rate")
+
+
 def train(cfg: DictConfig) -> dict:
     """Meta-trains, validates and tests; writes config.yaml and results.json into the run dir."""
     started = time.time()
+    validate(cfg)  # settings first: a mistake never touches the run directory
     output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule, model = build(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    write_config(output_dir, resolved)
-    print_config_tree(cfg, output_dir / "config_tree.log")
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    with contextlib.ExitStack() as stack:
+        if rank_zero_only.rank == 0:  # DDP's other processes share rank 0's directory
+            check_writable(output_dir)
+            stack.enter_context(lock(output_dir))
+            resuming = ckpt_path is not None and ckpt_path.resolve().is_relative_to(
+                output_dir.resolve())
+            claim(output_dir, resuming, cfg.get("overwrite", False))
+            check_writable(output_dir / "checkpoints")
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule, model = build(cfg)
+        check_monitor(cfg, model)
+        run_state = {}
+        if ckpt_path is not None:
+            run_state = checked_resume(cfg, ckpt_path, model).get(RUN_STATE_KEY) or {}
+            started -= run_state.get("wall_time_s", 0.0)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        trainer = make_trainer(cfg, resolved, started)
+        stack.callback(end_wandb_runs, trainer.loggers)  # also when the run fails
+        write_config(output_dir, resolved)
+        print_config_tree(cfg, output_dir / "config_tree.log")
+        if run_state.get("csv_rows") is not None:
+            for logger in trainer.loggers:
+                if isinstance(logger, CSVLogger):
+                    logger.keep_rows(run_state["csv_rows"], run_state.get("pending_row"))
+        log_config(trainer.loggers, resolved)
+        try:
+            trainer.fit(model, datamodule=datamodule,
+                        ckpt_path=None if ckpt_path is None else str(ckpt_path))
+        except NonFiniteError as error:
+            raise UserError(stop_message(error, cfg, trainer)) from None
+        return test(cfg, trainer, model, datamodule, started)
 
-    trainer = make_trainer(cfg, resolved)
-    log_config(trainer.loggers, resolved)
-    trainer.fit(model, datamodule=datamodule,
-                ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir))
 
+def test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
+         datamodule: L.LightningDataModule, started: float) -> dict:
+    """Tests the best (or last) weights of a trained run and writes its results."""
     test_ckpt = None
     if cfg.test_ckpt == "best" and trainer.checkpoint_callback is not None:
         test_ckpt = trainer.checkpoint_callback.best_model_path or None
@@ -73,9 +159,10 @@ def train(cfg: DictConfig) -> dict:
     if best_score is not None:
         # the best meta-val score of the run: what hyperparameter searches optimise
         record[f"best_{cfg.monitor.replace('/', '_')}"] = best_score.item()
+    output_dir = Path(cfg.paths.output_dir)
     record.update(
         seed=cfg.seed,
-        tested_checkpoint=test_ckpt,
+        tested_checkpoint=test_ckpt and os.path.relpath(test_ckpt, output_dir),
         train_steps=trainer.global_step,
         wall_time_s=round(time.time() - started, 1),
     )

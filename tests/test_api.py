@@ -179,8 +179,8 @@ def test_user_embedding_with_protonet_fits_and_beats_its_untrained_self(tmp_path
 # Checkpoints shared with train.py and eval.py ------------------------------------------------------
 @pytest.mark.slow
 def test_checkpoints_are_shared_with_train_and_eval(trained_protonet, tmp_path):
-    record, _ = trained_protonet
-    learner = MetaLearner.load(record["tested_checkpoint"], output_dir=tmp_path)
+    record, run_dir = trained_protonet
+    learner = MetaLearner.load(run_dir / record["tested_checkpoint"], output_dir=tmp_path)
     dataset = [f"dataset.{key}={value}" for key, value in learner.config.dataset.items()
                if not key.startswith("_")]
     test = TaskSampler(split="test", n_way=record["n_way"], k_shot=record["k_shot"],

@@ -285,7 +285,8 @@ def test_metanet_learns_omniglot_5way_1shot_through_its_fast_weights(tmp_path):
     budget.check(record)
 
     datamodule, model = build(cfg)
-    checkpoint = torch.load(record["tested_checkpoint"], map_location="cpu", weights_only=False)
+    checkpoint = torch.load(tmp_path / record["tested_checkpoint"], map_location="cpu",
+                            weights_only=False)
     model.load_state_dict(checkpoint["state_dict"])
     datamodule.setup("test")
     with torch.no_grad():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from metalearn.build import build
+from metalearn.checkpoints import RUN_STATE_KEY
+from metalearn.plots import csv_rows
 from metalearn.training import train
 from tests.conftest import ROOT, make_config
 
@@ -45,35 +48,56 @@ def saved_step(path: Path) -> int:
 
 
 # Exact resume ------------------------------------------------------------------------------------
-@pytest.mark.slow
-def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_result(tmp_path):
-    # 2 epochs of 40 outer steps; last.ckpt every 5 steps
-    overrides = ["algorithm=protonet", "episode.num_tasks=40", "num_epochs=2",
-                 "backbone.hidden_channels=32", "callbacks=step_checkpoints",
-                 "callbacks.step_checkpoint.every_n_train_steps=5", "~logger", *TINY]
-    train_py(*overrides, f"hydra.run.dir={tmp_path / 'whole'}")
+# 2 epochs of 30 outer steps, the metrics of every step in metrics.csv, last.ckpt every 3 steps
+RESUMED = ["algorithm=protonet", "episode.num_tasks=30", "num_epochs=2",
+           "backbone.hidden_channels=16", "callbacks=step_checkpoints",
+           "callbacks.step_checkpoint.every_n_train_steps=3", "trainer.log_every_n_steps=1", *TINY]
 
-    killed = tmp_path / "killed"
-    process = train_py(*overrides, f"hydra.run.dir={killed}", wait=False)
-    last = killed / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while saved_step(last) < 50 and time.time() < deadline:  # 10 steps into the second epoch
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    train_py(*RESUMED, f"hydra.run.dir={run_dir}")
+    return run_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_run_killed_at_a_random_step_resumes_to_the_uninterrupted_run(uninterrupted_run,
+                                                                       tmp_path, seed):
+    """SIGKILL at a random step (after the checkpoint of that step, so the run has logged steps
+    its last checkpoint does not hold), resume with ckpt_path=last: the same weights, results
+    and metrics.csv as the uninterrupted run, and a wall time that counts the interrupted part."""
+    kill_after = random.Random(seed).randrange(3, 57)
+    process = train_py(*RESUMED, f"hydra.run.dir={tmp_path}", wait=False)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while saved_step(last) < kill_after and time.time() < deadline:
         assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     interrupted_at = saved_step(last)
-    assert 50 <= interrupted_at < 80 and interrupted_at % 40 != 0  # inside the second epoch
-    assert not (killed / "results.json").exists()
+    assert kill_after <= interrupted_at < 60
+    assert not (tmp_path / "results.json").exists()
+    interrupted_time = torch.load(last, weights_only=False)[RUN_STATE_KEY]["wall_time_s"]
 
-    train_py(*overrides, f"hydra.run.dir={killed}", "ckpt_path=last")
-    whole, resumed = last_state(tmp_path / "whole"), last_state(killed)
+    resume_started = time.time()
+    train_py(*RESUMED, f"hydra.run.dir={tmp_path}", "ckpt_path=last")
+    resume_time = time.time() - resume_started
+    whole, resumed = last_state(uninterrupted_run), last_state(tmp_path)
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
-    expected = json.loads((tmp_path / "whole" / "results.json").read_text())
-    result = json.loads((killed / "results.json").read_text())
-    for key in ("test_acc", "test_acc_ci95", "best_val_acc", "train_steps"):
+    expected = json.loads((uninterrupted_run / "results.json").read_text())
+    result = json.loads((tmp_path / "results.json").read_text())
+    for key in ("test_acc", "test_acc_ci95", "best_val_acc", "train_steps", "tested_checkpoint"):
         assert result[key] == expected[key], key
+    # the whole history, steps before the kill included, and nothing logged twice
+    history = csv_rows(tmp_path / "csv" / "metrics.csv")
+    assert history == csv_rows(uninterrupted_run / "csv" / "metrics.csv")
+    assert [row["step"] for row in history if "train/loss" in row] == list(range(60))
+    # the wall time counts the interrupted run's time up to its checkpoint, then the resumed run's
+    assert interrupted_time < result["wall_time_s"] <= interrupted_time + resume_time
 
 
 def test_the_stream_position_is_saved_and_resumes_inside_the_epoch(tmp_path):

@@ -47,7 +47,7 @@ def test_adapts_to_new_sinusoids(tmp_path, algorithm):
     record = train(cfg)
     budget.check(record)
     datamodule, trained = build(cfg)
-    trained.load_state_dict(torch.load(record["tested_checkpoint"])["state_dict"])
+    trained.load_state_dict(torch.load(tmp_path / record["tested_checkpoint"])["state_dict"])
     torch.manual_seed(12345)
     _, random_init = build(cfg)
     episodes = list(datamodule.test_dataloader())

@@ -15,6 +15,7 @@ algorithm's name.
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Callable
 
@@ -34,9 +35,10 @@ TASK_TYPES = ("classification", "regression")
 Predictor = Callable[[Tensor], Tensor]
 
 
-class NonFiniteLossError(UserError):
-    """The meta-training loss became NaN or infinite; reported as one line, like a config mistake,
-    since the fix is a setting (learning rate, clipping)."""
+class NonFiniteError(UserError):
+    """The meta-training loss or a meta-val or meta-test score became NaN or infinite: the run
+    stops, with one line like a config mistake, since the fix is a setting (learning rates,
+    clipping). Never a result."""
 
 
 class EpisodicModule(L.LightningModule):
@@ -125,12 +127,13 @@ class EpisodicModule(L.LightningModule):
         """meta_train_loss, stopping the run when the loss is no longer finite."""
         loss, predictions = self.meta_train_loss(batch)
         if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"meta-training loss became {loss.item()} at step {step}; training "
-                "stopped. The last checkpoint saved before this step is intact. Lower "
-                "algorithm.outer_lr (or inner_lr) or enable trainer.gradient_clip_val."
-            )
+            raise NonFiniteError(f"the meta-training loss became {loss.item()} at step {step}")
         return loss, predictions
+
+    @property
+    def validation_metrics(self) -> list[str]:
+        """The meta-val scores a run can monitor (`monitor=`)."""
+        return [f"val/{self.score_name}"]
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         loss, predictions = self.checked_meta_train_loss(batch, self.global_step)
@@ -154,6 +157,9 @@ class EpisodicModule(L.LightningModule):
         scores = self.episode_scores[split].compute()
         self.episode_scores[split].reset()
         mean, ci95 = mean_and_ci95(scores)
+        if not math.isfinite(mean):
+            raise NonFiniteError(f"the meta-{split} {self.score_name} became {mean} at step "
+                                 f"{self.global_step}")
         results = {f"{split}/{self.score_name}": mean, f"{split}/{self.score_name}_ci95": ci95,
                    f"{split}/episodes": scores.numel()}
         self.log_dict(results, prog_bar=split == "val", sync_dist=False)

@@ -119,6 +119,11 @@ class SequenceEpisodeModule(EpisodicModule):
                 metric = self.presentation_accuracy[f"{split}_{presentation}"]
                 metric.update(accuracy[:, presentation - 1])
 
+    @property
+    def validation_metrics(self) -> list[str]:
+        return [*super().validation_metrics,
+                *(f"val/acc_presentation_{n}" for n in REPORTED_PRESENTATIONS)]
+
     def report_episodes(self, split: str) -> dict[str, float]:
         results = super().report_episodes(split)
         by_presentation = {}

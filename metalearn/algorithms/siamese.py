@@ -88,6 +88,10 @@ class SiameseNet(MetricModule):
         self.episode_scores[split].update(self.episode_score(torch.stack(scores), batch.query_y))
         self.pair_accuracy[split].update(torch.stack(pair_accuracy))
 
+    @property
+    def validation_metrics(self) -> list[str]:
+        return [*super().validation_metrics, "val/pair_acc"]
+
     def report_episodes(self, split: str) -> dict[str, float]:
         results = super().report_episodes(split)
         mean, ci95 = mean_and_ci95(self.pair_accuracy[split].compute())

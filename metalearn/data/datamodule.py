@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable
 
 from lightning import LightningDataModule
@@ -10,6 +12,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from metalearn.data.episodes import TaskBatch, TaskShape, seeded_generator
 from metalearn.data.task_family import SPLITS, TaskFamily
 from metalearn.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 class TaskStream(Dataset):
@@ -109,7 +113,8 @@ class EpisodicDataModule(LightningDataModule):
             the same as above). Prototypical Networks train best with more ways than they are
             tested on (Snell et al. 2017, section 3.1).
         meta_batch_size: tasks per meta-training step.
-        num_tasks: meta-training tasks per epoch (fresh ones each epoch).
+        num_tasks: meta-training tasks per epoch (fresh ones each epoch), in whole meta-batches:
+            rounded up to a multiple of meta_batch_size, with a warning.
         val_episodes, test_episodes: episodes per validation / test run.
         eval_seed: seeds the meta-val and meta-test episodes. It is independent of the training
             seed, so runs of different algorithms and seeds are scored on the same episodes.
@@ -132,11 +137,15 @@ class EpisodicDataModule(LightningDataModule):
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
         self.eval_seed, self.seed = eval_seed, seed
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
-
+        if num_tasks % meta_batch_size:
+            log.warning("episode.num_tasks=%d is not a whole number of meta-batches of %d: an epoch "
+                        "is %d outer steps (%d tasks)", num_tasks, meta_batch_size,
+                        self.steps_per_epoch, self.steps_per_epoch * meta_batch_size)
 
     @property
     def steps_per_epoch(self) -> int:
-        return max(1, self.num_tasks // self.meta_batch_size)
+        """Outer steps per epoch: episode.num_tasks in whole meta-batches, rounded up."""
+        return math.ceil(self.num_tasks / self.meta_batch_size)
 
     def ranks(self) -> tuple[int, int]:
         """(this process's rank, number of processes) under the trainer; (0, 1) without one."""

@@ -22,12 +22,14 @@ import logging
 import os
 import urllib.request
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from metalearn.data.cache import cached
 from metalearn.data.task_family import ClassificationTaskFamily
 from metalearn.errors import UserError
 from metalearn.files import atomic_write
@@ -130,26 +132,44 @@ def load_omniglot(
     Built from the archives on first use and cached under data_dir.
     """
     root = Path(data_dir) / "omniglot"
-    cache = root / f"omniglot_{image_size}px.pt"
-    if cache.is_file():
-        return torch.load(cache)
-    archive_dir = archive_dir or os.environ.get(ARCHIVE_ENV)
-    arrays, alphabets, background = [], [], []
-    for name in ARCHIVES:
-        path = find_archive(name, archive_dir, root, download)
-        log.info("Preparing Omniglot from %s (once; cached in %s)", path, cache)
-        images, names = read_archive(path, image_size)
-        arrays.append(images)
-        alphabets += names
-        background += [name == "images_background"] * len(names)
-    data = {
-        "images": torch.from_numpy(np.concatenate(arrays)),
-        "alphabets": alphabets,
-        "background": torch.tensor(background),
-    }
-    with atomic_write(cache) as partial:
-        torch.save(data, partial)
+
+    def build() -> dict[str, torch.Tensor | list]:
+        arrays, alphabets, background = [], [], []
+        for name in ARCHIVES:
+            path = find_archive(name, archive_dir or os.environ.get(ARCHIVE_ENV), root, download)
+            log.info("Preparing Omniglot from %s (once; cached in %s)", path, root)
+            images, names = read_archive(path, image_size)
+            arrays.append(images)
+            alphabets += names
+            background += [name == "images_background"] * len(names)
+        return {"images": torch.from_numpy(np.concatenate(arrays)), "alphabets": alphabets,
+                "background": torch.tensor(background)}
+
+    return cached(root / f"omniglot_{image_size}px.pt", build,
+                  partial(checked_cache, image_size=image_size))
+
+
+def checked_cache(data: object, image_size: int) -> dict[str, torch.Tensor | list]:
+    """The cache's contents if they are what load_omniglot writes, else a ValueError."""
+    characters = sum(count for _, count in ARCHIVES.values())
+    expected = (characters, DRAWINGS_PER_CHARACTER, image_size, image_size)
+    if not (isinstance(data, dict) and isinstance(data.get("images"), torch.Tensor)
+            and tuple(data["images"].shape) == expected and data["images"].dtype == torch.uint8
+            and len(data.get("alphabets", ())) == characters
+            and len(data.get("background", ())) == characters):
+        raise ValueError(f"it does not hold uint8 images of shape {expected} with their alphabets")
     return data
+
+
+def check_memory(image_size: int, rotations: bool) -> None:
+    """Omniglot at `image_size` must fit in this machine's memory (the images, and their split
+    copies), checked before anything is read."""
+    characters = sum(count for _, count in ARCHIVES.values())
+    needed = characters * DRAWINGS_PER_CHARACTER * image_size**2 * (5 if rotations else 2)
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise UserError(f"dataset.image_size={image_size} needs about {needed / 2**30:,.0f} GiB of "
+                        f"memory for Omniglot, more than this machine's {available / 2**30:.0f} GiB")
 
 
 def split_classes(
@@ -192,6 +212,7 @@ class Omniglot(ClassificationTaskFamily):
                             f"{', '.join(SPLIT_NAMES)}")
         if image_size < 1:
             raise UserError(f"dataset.image_size={image_size} must be a positive number of pixels")
+        check_memory(image_size, rotations)
         data = load_omniglot(data_dir, archive_dir, image_size, download)
         self.split = split
         self.class_ids = split_classes(data["alphabets"], data["background"], split)
