@@ -141,11 +141,11 @@ def train(cfg: DictConfig) -> dict:
                         ckpt_path=None if ckpt_path is None else str(ckpt_path))
         except NonFiniteError as error:
             raise UserError(stop_message(error, cfg, trainer)) from None
-        return test(cfg, trainer, model, datamodule, started)
+        return meta_test(cfg, trainer, model, datamodule, started)
 
 
-def test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
-         datamodule: L.LightningDataModule, started: float) -> dict:
+def meta_test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
+              datamodule: L.LightningDataModule, started: float) -> dict:
     """Tests the best (or last) weights of a trained run and writes its results."""
     test_ckpt = None
     if cfg.test_ckpt == "best" and trainer.checkpoint_callback is not None:
