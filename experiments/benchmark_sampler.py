@@ -17,9 +17,10 @@ from metalearn.data.omniglot import Omniglot
 from metalearn.paths import project_root
 
 
-def per_example_loop(images_by_class, shape, batch_size, generator):
+def per_example_loop(split, shape, batch_size, generator):
     """The straightforward sampler: one Python iteration per task, class and example."""
     n_way, k_shot, query_size = shape
+    images_by_class = split.examples.view(split.num_classes, -1, *split.example_shape)
     tasks = []
     for _ in range(batch_size):
         classes = torch.randperm(images_by_class.shape[0], generator=generator)[:n_way]
@@ -51,7 +52,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     omniglot = Omniglot(f"{project_root()}/data")
-    images = omniglot.images_by_split["train"]
+    images = omniglot.splits["train"]
     vectorised = tasks_per_second(sample_classification_episodes, images, args.tasks, args.batch,
                                   args.repeats)
     looped = tasks_per_second(per_example_loop, images, args.tasks, args.batch, args.repeats)

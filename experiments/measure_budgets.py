@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--out", default=f"{project_root()}/outputs/budgets.md")
     args = parser.parse_args()
     runs = {name: budget.overrides for name, budget in BUDGETS.items()}
+    for budget in BUDGETS.values():
+        budget.prepare()
     if args.only:
         prefixes = args.only.split(",")
         runs = {k: v for k, v in runs.items() if any(k.startswith(p) for p in prefixes)}

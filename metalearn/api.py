@@ -39,7 +39,7 @@ from metalearn.data.task_family import SPLITS, TaskFamily
 from metalearn.errors import UserError, check_whole_number
 from metalearn.loggers import end_wandb_runs
 from metalearn.statistics import mean_and_ci95
-from metalearn.training import make_trainer, write_config
+from metalearn.training import make_trainer, resolve_monitor, write_config
 
 # A support or query set: {"x": inputs, "y": targets} or (inputs, targets).
 LabelledSet = Mapping[str, Any] | Sequence[Any]
@@ -250,9 +250,10 @@ class MetaLearner:
         validate(cfg)
         check_episode_fits(cfg, sampler.tasks)
         datamodule = instantiate(cfg.episode, tasks=sampler.tasks)
+        resolve_monitor(cfg, self.module)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         write_config(Path(cfg.paths.output_dir), resolved)
-        trainer = make_trainer(cfg, resolved)
+        trainer = make_trainer(cfg, resolved, sampler.tasks.input_shape)
         try:
             trainer.fit(self.module, datamodule=datamodule)
         finally:
@@ -288,7 +289,8 @@ class MetaLearner:
     def save(self, path: str | os.PathLike) -> Path:
         """Writes a checkpoint that eval.py and `load` read; written whole or not at all."""
         return save_checkpoint(path, self.module, self.optimizer,
-                               OmegaConf.to_container(self.config, resolve=True), self.steps_taken)
+                               OmegaConf.to_container(self.config, resolve=True),
+                               self.tasks.input_shape, self.steps_taken)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None,

@@ -9,10 +9,11 @@ naming the valid ones, before anything is built.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
 from metalearn.config_check import (
@@ -42,11 +43,14 @@ BUILT_GROUPS = ("dataset", "backbone", "episode", "algorithm")
 USER_BACKBONE = f"{UserBackbone.__module__}.{UserBackbone.__qualname__}"
 
 
-def accepted_arguments(cls: type) -> list[str]:
-    """The keyword arguments a class's constructor takes, following `**kwargs` passed on to the
-    base classes (as the algorithms pass theirs to EpisodicModule)."""
+def accepted_arguments(target: type | Callable) -> list[str]:
+    """The keyword arguments a class's constructor (or a function) takes, following `**kwargs`
+    passed on to the base classes (as the algorithms pass theirs to EpisodicModule)."""
+    if not isinstance(target, type):
+        return [p.name for p in inspect.signature(target).parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     names: list[str] = []
-    for klass in cls.__mro__:
+    for klass in target.__mro__:
         if "__init__" not in vars(klass):
             continue
         parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
@@ -61,7 +65,8 @@ def settings_of(group: str, node: DictConfig) -> list[str]:
     """The settings a config of `group` may hold: its target's constructor arguments, less the
     injected ones."""
     injected = INJECTED_ARGUMENTS.get(group, ())
-    return [name for name in accepted_arguments(get_class(node._target_)) if name not in injected]
+    return [name for name in accepted_arguments(get_object(node._target_))
+            if name not in injected]
 
 
 def check_known_keys(cfg: DictConfig) -> None:

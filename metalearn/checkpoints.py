@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunState(Callback):
-    """Puts into every checkpoint the run's resolved config and its state: the rows of the CSV
-    logger's metrics.csv written so far (flushed first), with the row of the step whose end saves
-    the checkpoint, and the training wall time so far. `started` is when the run began, earlier
-    than now when it resumes."""
+    """Puts into every checkpoint the run's resolved config and its state: the shape of the
+    inputs the model was built for (evaluation on another dataset resizes to it), the rows of the
+    CSV logger's metrics.csv written so far (flushed first), with the row of the step whose end
+    saves the checkpoint, and the training wall time so far. `started` is when the run began,
+    earlier than now when it resumes."""
 
-    def __init__(self, config: dict[str, Any], started: float | None = None):
-        self.config, self.started = config, time.time() if started is None else started
+    def __init__(self, config: dict[str, Any], input_shape: Sequence[int],
+                 started: float | None = None):
+        self.config, self.input_shape = config, list(input_shape)
+        self.started = time.time() if started is None else started
         self.pending_row: dict[str, float] | None = None
 
     def on_train_batch_end(self, trainer, *args) -> None:
@@ -69,10 +73,11 @@ class RunState(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.config
+        checkpoint[RUN_STATE_KEY] = {"input_shape": self.input_shape}
         if trainer is not None:
-            checkpoint[RUN_STATE_KEY] = {"csv_rows": flush_csv(trainer.loggers),
-                                         "pending_row": self.pending_row,
-                                         "wall_time_s": time.time() - self.started}
+            checkpoint[RUN_STATE_KEY].update(csv_rows=flush_csv(trainer.loggers),
+                                             pending_row=self.pending_row,
+                                             wall_time_s=time.time() - self.started)
 
 
 class RunCheckpoint(ModelCheckpoint):
@@ -134,7 +139,7 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 def save_checkpoint(path: str | Path, module: L.LightningModule, optimizer: torch.optim.Optimizer,
-                    config: dict[str, Any], global_step: int) -> Path:
+                    config: dict[str, Any], input_shape: Sequence[int], global_step: int) -> Path:
     """A checkpoint of a module trained outside a Trainer (the Python API), as train.py's hold it:
     weights, optimiser state, step, and the config (added by the same callback)."""
     checkpoint = {
@@ -144,7 +149,7 @@ def save_checkpoint(path: str | Path, module: L.LightningModule, optimizer: torc
         "pytorch-lightning_version": L.__version__,
     }
     module.on_save_checkpoint(checkpoint)
-    RunState(config).on_save_checkpoint(None, module, checkpoint)
+    RunState(config, input_shape).on_save_checkpoint(None, module, checkpoint)
     AtomicCheckpointIO().save_checkpoint(checkpoint, path)
     return Path(path)
 

@@ -39,6 +39,10 @@ def component_name(node: DictConfig) -> str:
 
 def check_config(cfg: DictConfig) -> None:
     """Type and range checks that need no data."""
+    for key in sorted(OmegaConf.missing_keys(cfg)):
+        if key.split(".")[0] in ("dataset", "backbone", "episode", "algorithm", "trainer"):
+            raise UserError(f"{key} has no default and must be set, e.g. "
+                            f"python train.py {key}=...")
     for key in POSITIVE_INTS:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
@@ -85,6 +89,15 @@ def check_algorithm_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
 
 def check_episode_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
     """Task shape against what each split of the dataset holds."""
+    if hasattr(tasks, "smallest_group"):  # regression tasks that are groups of rows of a table
+        group, rows = tasks.smallest_group()
+        needed = cfg.episode.k_shot + (cfg.episode.get("train_query_size")
+                                       or cfg.episode.query_size)
+        if needed > rows:
+            raise UserError(f"episode.k_shot + episode.query_size = {needed} is more than the "
+                            f"{rows} rows of task {group!r}, the table's smallest; use at most "
+                            f"{rows} together")
+        return
     if not isinstance(tasks, ClassificationTaskFamily):
         return
     episode, name = cfg.episode, component_name(cfg.dataset)
@@ -104,11 +117,16 @@ def check_episode_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
                 f"episode.{key}={n_way} is more than the {classes} classes of {name}'s "
                 f"meta-{split} split; use at most {classes}"
             )
-    examples = tasks.examples_per_class
+    smallest, examples = tasks.smallest_class()
+    uniform = all(int(part.counts.max()) == examples for part in tasks.splits.values())
+    where = (f"examples per class of {name}" if uniform else
+             f"examples of {name}'s class {smallest!r}, its smallest")
     for key, query_size in queries:
         if episode.k_shot + query_size > examples:
+            hint = "" if uniform or "min_examples" not in cfg.dataset else (
+                ", or leave out the classes that small with dataset.min_examples")
             raise UserError(
                 f"episode.k_shot + episode.{key} = {episode.k_shot} + {query_size} = "
-                f"{episode.k_shot + query_size} is more than the {examples} examples per class "
-                f"of {name}; use at most {examples} together"
+                f"{episode.k_shot + query_size} is more than the {examples} {where}; use at "
+                f"most {examples} together{hint}"
             )

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
@@ -50,11 +51,12 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> Path | None:
     return path
 
 
-def make_trainer(cfg: DictConfig, resolved: dict, started: float | None = None) -> L.Trainer:
+def make_trainer(cfg: DictConfig, resolved: dict, input_shape: Sequence[int],
+                 started: float | None = None) -> L.Trainer:
     """The config's Lightning Trainer with its callbacks and loggers; checkpoints carry `resolved`,
     the config that rebuilds the model, and the run's state. A setting Lightning refuses is a
     UserError in one line."""
-    callbacks = instantiate_all(cfg.get("callbacks")) + [RunState(resolved, started)]
+    callbacks = instantiate_all(cfg.get("callbacks")) + [RunState(resolved, input_shape, started)]
     return instantiate_trainer(cfg.trainer, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
                                logger=instantiate_all(cfg.get("logger")) or False)
 
@@ -81,7 +83,15 @@ def checked_resume(cfg: DictConfig, ckpt_path: Path, model: L.LightningModule) -
     return checkpoint
 
 
-def check_monitor(cfg: DictConfig, model: L.LightningModule) -> None:
+def resolve_monitor(cfg: DictConfig, model: L.LightningModule) -> None:
+    """Sets `monitor` and `monitor_mode` left null to the algorithm's own score, then checks
+    that the monitor is one of its meta-val scores."""
+    if cfg.get("monitor") is None:
+        cfg.monitor = model.validation_metrics[0]
+    if cfg.get("monitor_mode") is None:
+        cfg.monitor_mode = "min" if cfg.monitor.endswith("mse") else "max"
+    if cfg.monitor_mode not in ("min", "max"):
+        raise UserError(f"monitor_mode={cfg.monitor_mode!r} must be max or min")
     if cfg.monitor not in model.validation_metrics:
         raise UserError(f"monitor={cfg.monitor!r} is not a meta-validation score of "
                         f"{component_name(cfg.algorithm)}; use one of: "
@@ -121,13 +131,13 @@ def train(cfg: DictConfig) -> dict:
             check_writable(output_dir / "checkpoints")
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, model = build(cfg)
-        check_monitor(cfg, model)
+        resolve_monitor(cfg, model)
         run_state = {}
         if ckpt_path is not None:
             run_state = checked_resume(cfg, ckpt_path, model).get(RUN_STATE_KEY) or {}
             started -= run_state.get("wall_time_s", 0.0)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        trainer = make_trainer(cfg, resolved, started)
+        trainer = make_trainer(cfg, resolved, datamodule.tasks.input_shape, started)
         stack.callback(end_wandb_runs, trainer.loggers)  # also when the run fails
         write_config(output_dir, resolved)
         print_config_tree(cfg, output_dir / "config_tree.log")

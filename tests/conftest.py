@@ -22,8 +22,9 @@ def make_config(overrides: list[str], output_dir: Path, config_name: str = "trai
     return compose_config(overrides, output_dir, config_name)
 
 
-def mean_query_accuracy(model, episodes) -> float:
-    """Mean query accuracy of `model.adapt_and_predict` over the batches of `episodes`."""
+def mean_query_score(model, episodes) -> float:
+    """Mean query score (accuracy, or MSE for regression) of `model.adapt_and_predict` over the
+    batches of `episodes`."""
     model.eval()
     return torch.cat([model.score_episodes(batch) for batch in episodes]).mean().item()
 

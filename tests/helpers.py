@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from metalearn.data.episodes import TaskBatch
+from metalearn.files import atomic_write
 
 
 def make_batch(task_type: str = "classification") -> TaskBatch:
@@ -54,3 +58,28 @@ def relative_error(got: Tensor | Sequence[Tensor], expected: Tensor | Sequence[T
     """||got - expected|| / ||expected||, over all the tensors together."""
     got, expected = flat(got), flat(expected)
     return ((got - expected).norm() / expected.norm()).item()
+
+
+def digits_frame() -> pd.DataFrame:
+    """scikit-learn's handwritten digits (1,797 images of 8x8 pixels, 10 classes) as a table:
+    pixel0..pixel63 and label."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data, columns=[f"pixel{i}" for i in range(64)])
+    frame["label"] = digits.target
+    return frame
+
+
+def sinusoid_table(path: Path, functions: int = 2000, points: int = 20) -> Path:
+    """The sinusoid family of the MAML paper as a table, one group of rows per function:
+    function, x, y = A sin(x - phase), A in [0.1, 5], phase in [0, pi], x in [-5, 5]."""
+    rng = np.random.default_rng(0)
+    amplitude = rng.uniform(0.1, 5.0, (functions, 1))
+    phase = rng.uniform(0.0, np.pi, (functions, 1))
+    x = rng.uniform(-5.0, 5.0, (functions, points))
+    frame = pd.DataFrame({"function": np.repeat(np.arange(functions), points), "x": x.ravel(),
+                          "y": (amplitude * np.sin(x - phase)).ravel()})
+    with atomic_write(path) as partial:
+        frame.to_csv(partial, index=False)
+    return path

@@ -278,7 +278,8 @@ def test_spec_examples_run(tmp_path, monkeypatch):
     (["--set", "+algorithm.inner_lrr=0.1"], "error: algorithm.inner_lrr is not a setting of "
                                            "metalearn.algorithms.protonet.ProtoNet; its settings"),
     (["--set", "dataset=imagenet"], "error: In 'train': Could not find 'dataset/imagenet'; "
-                                    "Available options in 'dataset': omniglot, sinusoid"),
+                                    "Available options in 'dataset': cifar_fs, cub, fc100, features, "
+                                    "image_folder"),
 ])
 def test_meta_learning_py_bad_arguments_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_status:
@@ -293,7 +294,7 @@ def test_meta_learning_py_bad_arguments_are_one_line(argv, message, capsys):
     (lambda: MetaLearner("maml", inner_lrr=0.1),
      "unknown hyperparameter 'inner_lrr' for maml on omniglot; valid: allow_nograd, allow_unused"),
     (lambda: MetaLearner("maml", dataset="imagenet"), "unknown dataset 'imagenet'; choose one of: "
-                                                      "omniglot, sinusoid"),
+                                                      "cifar_fs, cub, fc100"),
     (lambda: MetaLearner("maml", model=conv_net(64)),
      "with algorithm.output_layer=false the network itself is the learner and must output 5 "
      "values per example"),

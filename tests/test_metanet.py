@@ -17,7 +17,7 @@ from metalearn.errors import UserError
 from metalearn.models.backbones import Conv4
 from metalearn.training import train
 from tests.budgets import BUDGETS
-from tests.conftest import make_config, mean_query_accuracy
+from tests.conftest import make_config, mean_query_score
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -290,9 +290,9 @@ def test_metanet_learns_omniglot_5way_1shot_through_its_fast_weights(tmp_path):
     model.load_state_dict(checkpoint["state_dict"])
     datamodule.setup("test")
     with torch.no_grad():
-        accuracy = mean_query_accuracy(model, datamodule.test_dataloader())
+        accuracy = mean_query_score(model, datamodule.test_dataloader())
         model.use_fast_weights = False
-        without_fast_weights = mean_query_accuracy(model, datamodule.test_dataloader())
+        without_fast_weights = mean_query_score(model, datamodule.test_dataloader())
     assert accuracy == pytest.approx(record["test_acc"], abs=1e-4)
     # the slow weights alone cannot follow labels that are permuted in every episode
     assert without_fast_weights <= accuracy - 0.10, (accuracy, without_fast_weights)

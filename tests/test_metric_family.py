@@ -160,17 +160,16 @@ def test_pairs_of_a_task_are_balanced_and_labelled_by_class():
     assert set(supports[same & (query_y[queries] == 0)].tolist()) == {1, 4}
 
 
-def image_hashes(images_by_class: torch.Tensor) -> set[bytes]:
-    return {hashlib.sha1(image.numpy().tobytes()).digest()
-            for image in images_by_class.flatten(0, 1)}
+def image_hashes(images: torch.Tensor) -> set[bytes]:
+    return {hashlib.sha1(image.numpy().tobytes()).digest() for image in images}
 
 
 def test_siamese_pairs_come_balanced_from_meta_train_classes_only(tmp_path):
     datamodule, _ = build(make_config(["algorithm=siamese", "dataset.split=lake",
                                        "dataset.rotations=false"], tmp_path))
-    by_split = datamodule.tasks.images_by_split
-    train_images = image_hashes(by_split["train"])
-    held_out = image_hashes(by_split["val"]) | image_hashes(by_split["test"])
+    splits = datamodule.tasks.splits
+    train_images = image_hashes(splits["train"].examples)
+    held_out = image_hashes(splits["val"].examples) | image_hashes(splits["test"].examples)
     total_same = total = 0
     for step, batch in zip(range(3), datamodule.train_dataloader()):
         task = batch.task(0)

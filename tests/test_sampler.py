@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from metalearn.data.datamodule import EpisodicDataModule
-from metalearn.data.episodes import TaskShape, seeded_generator
+from metalearn.data.episodes import ClassExamples, TaskShape, seeded_generator
 from metalearn.data.omniglot import Omniglot
 from metalearn.data.task_family import ClassificationTaskFamily
 from tests.conftest import ROOT
@@ -19,7 +19,8 @@ def labelled_family(classes: int = 12, examples: int = 20) -> ClassificationTask
     images = torch.zeros(classes, examples, 1, 2, 2, dtype=torch.uint8)
     images[:, :, 0, 0, 0] = torch.arange(classes).view(-1, 1)
     images[:, :, 0, 0, 1] = torch.arange(examples).view(1, -1)
-    return ClassificationTaskFamily({"train": images, "val": images, "test": images})
+    split = ClassExamples.dense(images, [f"class {c}" for c in range(classes)])
+    return ClassificationTaskFamily({"train": split, "val": split, "test": split})
 
 
 def identities(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +81,7 @@ def test_omniglot_splits_are_disjoint(split, rotations, sizes):
         assert counts == sizes
     if split == "lake":
         assert counts[0] + counts[1] == 964 and counts[2] == 659
-    assert omniglot.examples_per_class == 20
+    assert omniglot.smallest_class()[1] == 20 and int(omniglot.splits["val"].counts.max()) == 20
     assert omniglot.input_shape == (1, 28, 28)
 
 
@@ -97,10 +98,12 @@ def test_lake_split_holds_out_whole_alphabets():
 def test_rotated_classes_are_rotations():
     plain = Omniglot(DATA_DIR, split="vinyals")
     rotated = Omniglot(DATA_DIR, split="vinyals", rotations=True)
-    first = plain.images_by_split["test"][0]
+    first = plain.splits["test"].examples[:20]  # class 0's 20 drawings
     n = plain.num_classes("test")
     for k in range(4):
-        assert torch.equal(rotated.images_by_split["test"][k * n], first.rot90(k, dims=(-2, -1)))
+        start = int(rotated.splits["test"].offsets[k * n])
+        assert torch.equal(rotated.splits["test"].examples[start:start + 20],
+                           first.rot90(k, dims=(-2, -1)))
 
 
 def datamodule(**kwargs) -> EpisodicDataModule:

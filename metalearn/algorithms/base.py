@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.aggregation import CatMetric
 
-from metalearn.data.episodes import TaskBatch
+from metalearn.data.episodes import TaskBatch, seeded_generator
 from metalearn.errors import UserError
 from metalearn.statistics import mean_and_ci95
 
@@ -78,6 +78,9 @@ class EpisodicModule(L.LightningModule):
         self.outer_lr = outer_lr
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.scheduler_factory = scheduler
+        #: test-time augmentation: (view, count) scores each test episode by the class
+        #: probabilities averaged over `count` views made by view(batch, generator); None: none
+        self.test_views: tuple[Callable[[TaskBatch, torch.Generator], TaskBatch], int] | None = None
         # nan_strategy="disable": a diverged episode makes the mean NaN instead of vanishing
         self.episode_scores = {"val": CatMetric(nan_strategy="disable"),
                                "test": CatMetric(nan_strategy="disable")}
@@ -142,15 +145,31 @@ class EpisodicModule(L.LightningModule):
         self.log(f"train/{self.score_name}", score, prog_bar=True)
         return loss
 
-    def score_episodes(self, batch: TaskBatch) -> Tensor:
-        """Adapts to each task of the batch in turn and scores its queries: [B]."""
-        predictions = torch.stack([self.adapt_and_predict(task.support_x, task.support_y,
-                                                          task.query_x)
-                                   for task in batch.tasks()])
-        return self.episode_score(predictions, batch.query_y)
+    def predict_episodes(self, batch: TaskBatch) -> Tensor:
+        """Adapts to each task of the batch in turn and predicts its queries: [B, Q, ...]."""
+        return torch.stack([self.adapt_and_predict(task.support_x, task.support_y, task.query_x)
+                            for task in batch.tasks()])
 
-    def evaluate_episodes(self, batch: TaskBatch, split: str) -> None:
-        self.episode_scores[split].update(self.score_episodes(batch))
+    def score_episodes(self, batch: TaskBatch, views: int = 1,
+                       view: Callable[[TaskBatch, torch.Generator], TaskBatch] | None = None,
+                       generator: torch.Generator | None = None) -> Tensor:
+        """Each task's query score [B]; with `views` > 1, from the class probabilities averaged
+        over that many views of the batch, view(batch, generator) each (support and query)."""
+        if views == 1:
+            return self.episode_score(self.predict_episodes(batch), batch.query_y)
+        probabilities = sum(self.predict_episodes(view(batch, generator)).softmax(-1)
+                            for _ in range(views))
+        return self.episode_score(probabilities, batch.query_y)
+
+    def evaluate_episodes(self, batch: TaskBatch, split: str, batch_idx: int = 0) -> None:
+        if split == "test" and self.test_views is not None:
+            view, count = self.test_views
+            # the views of test batch i are a fixed function of i, as its episodes are
+            generator = seeded_generator(count, batch_idx)
+            scores = self.score_episodes(batch, count, view, generator)
+        else:
+            scores = self.score_episodes(batch)
+        self.episode_scores[split].update(scores)
 
     def report_episodes(self, split: str) -> dict[str, float]:
         """The mean score of the split's episodes, its 95% interval, and how many were scored."""
@@ -172,7 +191,7 @@ class EpisodicModule(L.LightningModule):
         self.report_episodes("val")
 
     def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self.evaluate_episodes(batch, "test")
+        self.evaluate_episodes(batch, "test", batch_idx)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self.report_episodes("test")

@@ -108,8 +108,8 @@ class SequenceEpisodeModule(EpisodicModule):
 
         return predict
 
-    def evaluate_episodes(self, batch: TaskBatch, split: str) -> None:
-        super().evaluate_episodes(batch, split)
+    def evaluate_episodes(self, batch: TaskBatch, split: str, batch_idx: int = 0) -> None:
+        super().evaluate_episodes(batch, split, batch_idx)
         correct = (self.online_logits(batch.query_x, batch.query_y).argmax(-1) == batch.query_y)
         presentation = presentation_numbers(batch.query_y)  # [B, T]
         by_presentation = F.one_hot(presentation - 1).float()  # [B, T, P]

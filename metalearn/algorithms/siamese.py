@@ -76,16 +76,15 @@ class SiameseNet(MetricModule):
         loss = F.binary_cross_entropy_with_logits(logits[queries, supports], same.to(logits.dtype))
         return loss, self.class_scores(logits)
 
-    def evaluate_episodes(self, batch: TaskBatch, split: str) -> None:
+    def evaluate_episodes(self, batch: TaskBatch, split: str, batch_idx: int = 0) -> None:
         """N-way accuracy as every method reports it, and verification accuracy on pairs."""
-        scores, pair_accuracy = [], []
+        super().evaluate_episodes(batch, split, batch_idx)
+        pair_accuracy = []
         for task in batch.tasks():
             self.process_support_set(task.support_x, task.support_y)
             logits = self.same_class_logits(self.embed(task.query_x))
-            scores.append(self.class_scores(logits))
             queries, supports, same = balanced_pairs(task.support_y, task.query_y)
             pair_accuracy.append(((logits[queries, supports] > 0) == same).float().mean())
-        self.episode_scores[split].update(self.episode_score(torch.stack(scores), batch.query_y))
         self.pair_accuracy[split].update(torch.stack(pair_accuracy))
 
     @property

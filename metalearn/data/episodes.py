@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,36 +84,81 @@ def seeded_generator(*seeds: int) -> torch.Generator:
     return torch.Generator().manual_seed(state)
 
 
-def sample_classification_episodes(images_by_class: Tensor, shape: TaskShape, batch_size: int,
-                                   generator: torch.Generator) -> TaskBatch:
-    """Draws `batch_size` N-way K-shot tasks from a class-indexed image tensor, without a Python
-    loop.
+class ClassExamples(NamedTuple):
+    """One split's examples, class by class: class c's are examples[offsets[c]:offsets[c + 1]].
 
-    images_by_class: uint8 [classes, examples, C, H, W]. Each task takes N distinct classes and
-    K + Q distinct examples of each; a class's label is its position in a random permutation, so
-    labels 0..N-1 are permuted per task, and support and query are shuffled so that order says
-    nothing about the label. Images come back as floats in [0, 1].
+    Examples are uint8 images [N, C, H, W] or float feature vectors [N, D], in a tensor or in a
+    memory-mapped numpy array (data larger than memory); classes may hold different numbers of
+    examples. `names` names the classes, for messages.
+    """
+
+    examples: Tensor | np.ndarray
+    offsets: Tensor
+    names: tuple[str, ...]
+
+    @classmethod
+    def dense(cls, by_class: Tensor, names: Sequence[str]) -> ClassExamples:
+        """From [classes, examples, ...]: every class with the same number of examples."""
+        classes, per_class = by_class.shape[:2]
+        return cls(by_class.flatten(0, 1), torch.arange(classes + 1) * per_class, tuple(names))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def counts(self) -> Tensor:
+        """Examples of each class: [classes]."""
+        return self.offsets.diff()
+
+    @property
+    def example_shape(self) -> tuple[int, ...]:
+        return tuple(self.examples.shape[1:])
+
+
+def gather(examples: Tensor | np.ndarray, indices: Tensor) -> Tensor:
+    """examples[indices] as floats (uint8 images scaled to [0, 1]), from a tensor or a memory map:
+    [*indices.shape, *example shape]."""
+    if isinstance(examples, np.ndarray):
+        picked = torch.from_numpy(examples[indices.flatten().numpy()])
+    else:
+        picked = examples[indices.flatten()]
+    picked = picked.view(*indices.shape, *picked.shape[1:])
+    return picked.float().div_(255.0) if picked.dtype == torch.uint8 else picked.float()
+
+
+def sample_classification_episodes(data: ClassExamples, shape: TaskShape, batch_size: int,
+                                   generator: torch.Generator) -> TaskBatch:
+    """Draws `batch_size` N-way K-shot tasks from one split's examples, without a Python loop.
+
+    Each task takes N distinct classes and K + Q distinct examples of each (gathered by the
+    classes' offsets, so classes may hold different numbers of examples); a class's label is its
+    position in a random permutation, so labels 0..N-1 are permuted per task, and support and
+    query are shuffled so that order says nothing about the label. Images come back as floats in
+    [0, 1], features as they are.
     """
     n_way, k_shot, query_size = shape
-    num_classes, num_examples = images_by_class.shape[:2]
     per_class = k_shot + query_size
+    counts = data.counts
     # The k smallest of iid uniforms, in ascending order: a uniform random ordered k-subset.
     # topk finds them in linear time (a full argsort over thousands of classes was 10x slower)
     # and picks exactly what argsort()[:k] would.
-    classes = torch.rand(batch_size, num_classes, generator=generator)
+    classes = torch.rand(batch_size, data.num_classes, generator=generator)
     classes = classes.topk(n_way, dim=1, largest=False).indices
-    examples = torch.rand(batch_size, n_way, num_examples, generator=generator)
-    examples = examples.topk(per_class, dim=2, largest=False).indices
-    images = images_by_class[classes.unsqueeze(-1), examples]  # [B, N, K+Q, C, H, W]
-    images = images.float().div_(255.0)
+    most = int(counts.max())
+    order = torch.rand(batch_size, n_way, most, generator=generator)
+    if int(counts.min()) < most:  # a smaller class's missing examples are never among the k
+        order.masked_fill_(torch.arange(most) >= counts[classes].unsqueeze(-1), 2.0)
+    examples = order.topk(per_class, dim=2, largest=False).indices
+    x = gather(data.examples, data.offsets[classes].unsqueeze(-1) + examples)  # [B, N, K+Q, ...]
     labels = torch.arange(n_way).view(1, n_way, 1).expand(batch_size, n_way, per_class)
 
     def split(part: slice, size: int) -> tuple[Tensor, Tensor]:
-        x = images[:, :, part].reshape(batch_size, n_way * size, *images.shape[3:])
-        y = labels[:, :, part].reshape(batch_size, n_way * size)
+        split_x = x[:, :, part].reshape(batch_size, n_way * size, *x.shape[3:])
+        split_y = labels[:, :, part].reshape(batch_size, n_way * size)
         order = torch.rand(batch_size, n_way * size, generator=generator).argsort(dim=1)
         batch = torch.arange(batch_size).unsqueeze(1)
-        return x[batch, order], y[batch, order]
+        return split_x[batch, order], split_y[batch, order]
 
     support_x, support_y = split(slice(0, k_shot), k_shot)
     query_x, query_y = split(slice(k_shot, per_class), query_size)

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from metalearn.data.augment import Augment
 from metalearn.data.cache import cached
+from metalearn.data.episodes import ClassExamples
 from metalearn.data.task_family import ClassificationTaskFamily
 from metalearn.errors import UserError
 from metalearn.files import atomic_write
@@ -206,6 +208,7 @@ class Omniglot(ClassificationTaskFamily):
         rotations: bool = False,
         image_size: int = 28,
         download: bool = True,
+        augment: Augment | None = None,
     ):
         if split not in SPLIT_NAMES:
             raise UserError(f"dataset.split={split!r} is not a known Omniglot split; use one of: "
@@ -220,9 +223,11 @@ class Omniglot(ClassificationTaskFamily):
         by_split = {}
         for name, ids in self.class_ids.items():
             split_images = images[ids]
+            names = [f"{data['alphabets'][i]} #{i}" for i in ids.tolist()]
             if rotations:
                 split_images = torch.cat(
                     [split_images.rot90(k, dims=(-2, -1)) for k in range(4)]
                 )
-            by_split[name] = split_images.contiguous()
-        super().__init__(by_split)
+                names = [f"{n} rotated {90 * k}" for k in range(4) for n in names]
+            by_split[name] = ClassExamples.dense(split_images.contiguous(), names)
+        super().__init__(by_split, augment=augment)

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 
 import torch
+from torch import Tensor
 
-from metalearn.data.episodes import TaskBatch, TaskShape, sample_classification_episodes
+from metalearn.data.episodes import (
+    ClassExamples,
+    TaskBatch,
+    TaskShape,
+    sample_classification_episodes,
+)
+from metalearn.errors import UserError
 
 SPLITS = ("train", "val", "test")
 
@@ -27,25 +35,69 @@ class TaskFamily(ABC):
 
 
 class ClassificationTaskFamily(TaskFamily):
-    """Tasks drawn from class-indexed image tensors, one per split."""
+    """N-way K-shot tasks drawn from each split's examples (`ClassExamples`, classes disjoint
+    between splits).
+
+    Args:
+        splits: "train", "val" and "test" examples.
+        normalize: per-channel (mean, std) subtracted and divided after sampling, or None.
+        augment: applied to the images of meta-training episodes, before normalisation:
+            `augment(images, generator)` (metalearn/data/augment.py), or None.
+    """
 
     task_type = "classification"
 
-    def __init__(self, images_by_split: dict[str, torch.Tensor]):
-        # uint8 [classes, examples, C, H, W] per split
-        self.images_by_split = images_by_split
+    def __init__(self, splits: dict[str, ClassExamples],
+                 normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+                 augment: Callable[[Tensor, torch.Generator], Tensor] | None = None):
+        self.splits, self.augment = splits, augment
+        self.normalize = None
+        if normalize is not None:
+            channels = self.input_shape[0]
+            if len(normalize) != 2 or any(len(values) != channels for values in normalize):
+                raise UserError(f"dataset.normalize={[list(v) for v in normalize]} must be "
+                                f"[[means], [stds]] with {channels} values each, one per channel")
+            mean, std = (torch.tensor(values, dtype=torch.float32) for values in normalize)
+            shape = (-1,) + (1,) * (len(self.input_shape) - 1)  # per channel
+            self.normalize = mean.view(shape), std.view(shape)
 
     def num_classes(self, split: str) -> int:
-        return self.images_by_split[split].shape[0]
+        return self.splits[split].num_classes
 
-    @property
-    def examples_per_class(self) -> int:
-        return min(images.shape[1] for images in self.images_by_split.values())
+    def smallest_class(self) -> tuple[str, int]:
+        """The name and example count of the class with the fewest examples, of any split."""
+        split = min(self.splits.values(), key=lambda part: int(part.counts.min()))
+        index = int(split.counts.argmin())
+        return split.names[index], int(split.counts[index])
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.images_by_split["train"].shape[2:])
+        return self.splits["train"].example_shape
 
     def sample(self, split, shape, batch_size, generator):
-        return sample_classification_episodes(self.images_by_split[split], shape, batch_size,
-                                              generator)
+        batch = sample_classification_episodes(self.splits[split], shape, batch_size, generator)
+        if split == "train" and self.augment is not None:
+            batch = self.map_images(batch, lambda x: self.augment(x, generator))
+        return self.map_images(batch, self.normalized)
+
+    def augmented_view(self, batch: TaskBatch, generator: torch.Generator) -> TaskBatch:
+        """An augmented view of a sampled (normalised) batch: test-time augmentation."""
+        return self.map_images(batch, lambda x: self.normalized(
+            self.augment(self.unnormalized(x), generator)))
+
+    def normalized(self, images: Tensor) -> Tensor:
+        if self.normalize is None:
+            return images
+        mean, std = self.normalize
+        return images.sub(mean).div_(std)
+
+    def unnormalized(self, images: Tensor) -> Tensor:
+        if self.normalize is None:
+            return images
+        mean, std = self.normalize
+        return images.mul(std).add_(mean)
+
+    @staticmethod
+    def map_images(batch: TaskBatch, function: Callable[[Tensor], Tensor]) -> TaskBatch:
+        return TaskBatch(function(batch.support_x), batch.support_y, function(batch.query_x),
+                         batch.query_y)

@@ -1,0 +1,177 @@
+"""The image cache every image dataset trains from: decoded once, then memory-mapped.
+
+A dataset lists its images class by class, one split at a time (files, encoded bytes, or decoded
+pixels), and says what they are made from (`fingerprint`: its files' names, sizes and times, and
+the settings that change the pixels). The first run decodes them, resized to `image_size` x
+`image_size` with `channels` channels, in parallel over the cores with a progress bar, into a
+uint8 array [N, C, S, S] per split in a .npy file; later runs map those files into memory in about
+a second, so a dataset larger than memory trains (pages are read as episodes need them), and only
+one split's sources are held while building.
+
+The cache is a folder of train.npy, val.npy, test.npy, then index.json (the classes' names and
+offsets, and the fingerprint), written last and whole. A cache without an index (an interrupted
+build), with another fingerprint (files added, removed or changed, other settings) or with
+arrays of another size is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from metalearn.data.episodes import ClassExamples
+from metalearn.data.task_family import SPLITS
+from metalearn.errors import UserError
+from metalearn.files import atomic_write, write_text
+
+log = logging.getLogger(__name__)
+
+#: an image: a file, its encoded bytes (PNG, JPEG, ...; also as a 1-D uint8 array), or decoded
+#: uint8 pixels [H, W(, C)]
+ImageSource = str | os.PathLike | bytes | np.ndarray
+#: class name -> the class's images, of one split
+SplitSources = Mapping[str, Sequence[ImageSource]]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                    ".pgm")
+CACHE_VERSION = 1
+CHUNK = 256  # images per worker task
+
+
+def files_fingerprint(files: Iterable[Path], root: Path) -> str:
+    """A digest of files' paths (relative to root), sizes and modification times: changes when a
+    file is added, removed or rewritten."""
+    digest = hashlib.sha1()
+    for path in sorted(files):
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise UserError(f"cannot read {path} ({error.strerror}); it was listed a moment "
+                            "ago") from None
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def decode(source: ImageSource, image_size: int, channels: int) -> np.ndarray:
+    """One image as uint8 [channels, image_size, image_size]: grey or RGB, resized (bilinear,
+    antialiased) when its size differs."""
+    name = source if isinstance(source, (str, os.PathLike)) else "an image"
+    if isinstance(source, np.ndarray) and source.ndim == 1:  # encoded bytes in an array
+        source = source.tobytes()
+    try:
+        if isinstance(source, np.ndarray):
+            image = Image.fromarray(source)
+        else:
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        image = image.convert("L" if channels == 1 else "RGB")
+        if image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        pixels = np.asarray(image, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"cannot read {name}: {error}") from None
+    return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+def decode_chunk(array_path: str, start: int, sources: Sequence[ImageSource], image_size: int,
+                 channels: int) -> int:
+    """Decodes images into rows start, start + 1, ... of the array being built (in a worker)."""
+    array = np.load(array_path, mmap_mode="r+")
+    for offset, source in enumerate(sources):
+        array[start + offset] = decode(source, image_size, channels)
+    array.flush()
+    return len(sources)
+
+
+def chunks(items: Sequence[ImageSource], size: int) -> Iterator[tuple[int, Sequence[Any]]]:
+    for start in range(0, len(items), size):
+        yield start, items[start:start + size]
+
+
+def decoded_already(sources: Sequence[ImageSource], image_size: int) -> bool:
+    """Whether the images are decoded pixels of the cache's size (copying them is no work for a
+    pool of processes)."""
+    first = sources[0]
+    return isinstance(first, np.ndarray) and first.ndim > 1 and first.shape[:2] == (
+        image_size, image_size)
+
+
+def build_split(path: Path, sources: SplitSources, image_size: int, channels: int,
+                workers: int) -> dict[str, Any]:
+    """Decodes one split's images into the array at `path`; returns its part of the index."""
+    flat = [image for images in sources.values() for image in images]
+    counts = [len(images) for images in sources.values()]
+    if not flat:
+        raise UserError(f"{path.stem} split has no images")
+    with atomic_write(path) as partial:
+        array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
+                                          shape=(len(flat), channels, image_size, image_size))
+        del array  # the workers open it themselves
+        with tqdm(total=len(flat), desc=f"Decoding {len(flat):,} {path.stem} images into "
+                                        f"{path.parent}", unit="img", disable=None) as progress:
+            if workers > 1 and len(flat) > CHUNK and not decoded_already(flat, image_size):
+                with ProcessPoolExecutor(workers) as pool:
+                    jobs = [pool.submit(decode_chunk, str(partial), start, part, image_size,
+                                        channels) for start, part in chunks(flat, CHUNK)]
+                    for job in jobs:
+                        progress.update(job.result())
+            else:
+                for start, part in chunks(flat, CHUNK):
+                    progress.update(decode_chunk(str(partial), start, part, image_size, channels))
+    return {"names": list(sources), "offsets": np.concatenate([[0], np.cumsum(counts)]).tolist()}
+
+
+def open_cache(folder: Path, fingerprint: str, image_size: int,
+               channels: int) -> dict[str, ClassExamples] | None:
+    """The cached splits if the cache is whole and made from the same files and settings."""
+    try:
+        index = json.loads((folder / "index.json").read_text())
+        if index.get("version") != CACHE_VERSION or index.get("fingerprint") != fingerprint:
+            return None
+        arrays = {split: np.load(folder / f"{split}.npy", mmap_mode="r")
+                  for split in index["splits"]}
+    except (OSError, ValueError, KeyError):
+        return None
+    splits = {}
+    for split, part in index["splits"].items():
+        array = arrays[split]
+        if (array.shape != (part["offsets"][-1], channels, image_size, image_size)
+                or array.dtype != np.uint8):
+            return None
+        splits[split] = ClassExamples(array, torch.tensor(part["offsets"]), tuple(part["names"]))
+    return splits
+
+
+def image_cache(folder: Path, fingerprint: str, sources: Callable[[str], SplitSources],
+                image_size: int, channels: int,
+                workers: int | None = None) -> dict[str, ClassExamples]:
+    """The splits' images from the cache in `folder`, built from `sources(split)` (for split in
+    train, val, test) when the cache is missing, interrupted or made from other files or
+    settings."""
+    fingerprint = f"{fingerprint}|{image_size}px|{channels}ch"
+    splits = open_cache(folder, fingerprint, image_size, channels)
+    if splits is not None:
+        return splits
+    if (folder / "index.json").exists():
+        log.warning("the image cache %s is out of date; rebuilding it", folder)
+        (folder / "index.json").unlink()  # never trusted again while the arrays are rebuilt
+    folder.mkdir(parents=True, exist_ok=True)
+    index = {"version": CACHE_VERSION, "fingerprint": fingerprint, "splits": {}}
+    for split in SPLITS:
+        index["splits"][split] = build_split(folder / f"{split}.npy", sources(split),
+                                             image_size, channels,
+                                             workers or os.cpu_count() or 1)
+    write_text(folder / "index.json", json.dumps(index))
+    splits = open_cache(folder, fingerprint, image_size, channels)
+    assert splits is not None, folder
+    return splits
