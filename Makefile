@@ -28,7 +28,8 @@ test-fast: install
 	$(PY) -m pytest -m "not slow" $(ARGS)
 
 bench: install
-	$(PY) experiments/benchmark_sampler.py $(ARGS)
+	$(PY) experiments/benchmark_sampler.py
+	$(PY) experiments/benchmark_data.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -53,14 +53,15 @@ class RelationNet(MetricModule):
         feature_shape = getattr(backbone, "out_shape", None)
         if feature_shape is None or getattr(backbone, "flatten", True):
             raise UserError(
-                "algorithm=relationnet needs a backbone that returns feature maps: use "
-                "backbone=conv4 with backbone.flatten=false"
+                "algorithm=relationnet needs a backbone that returns feature maps: one with "
+                "backbone.flatten=false (conv4, resnet12, torchvision)"
             )
         if min(feature_shape[1:]) < 4:
             raise UserError(
                 f"algorithm=relationnet: the backbone's feature maps are "
                 f"{feature_shape[1]}x{feature_shape[2]}, but the relation module pools them twice "
-                "and needs at least 4x4; lower backbone.pooled_blocks"
+                "and needs at least 4x4; pool less (Conv4: backbone.pooled_blocks=2) or use "
+                "larger images"
             )
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.relation = RelationModule(feature_shape, relation_channels, hidden_units)

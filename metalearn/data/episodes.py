@@ -124,7 +124,8 @@ def gather(examples: Tensor | np.ndarray, indices: Tensor) -> Tensor:
     else:
         picked = examples[indices.flatten()]
     picked = picked.view(*indices.shape, *picked.shape[1:])
-    return picked.float().div_(255.0) if picked.dtype == torch.uint8 else picked.float()
+    # one pass from uint8 to scaled floats (the same numbers as .float() / 255)
+    return torch.div(picked, 255.0) if picked.dtype == torch.uint8 else picked.float()
 
 
 def sample_classification_episodes(data: ClassExamples, shape: TaskShape, batch_size: int,
@@ -150,15 +151,16 @@ def sample_classification_episodes(data: ClassExamples, shape: TaskShape, batch_
     if int(counts.min()) < most:  # a smaller class's missing examples are never among the k
         order.masked_fill_(torch.arange(most) >= counts[classes].unsqueeze(-1), 2.0)
     examples = order.topk(per_class, dim=2, largest=False).indices
-    x = gather(data.examples, data.offsets[classes].unsqueeze(-1) + examples)  # [B, N, K+Q, ...]
+    rows = data.offsets[classes].unsqueeze(-1) + examples  # [B, N, K+Q] rows of data.examples
     labels = torch.arange(n_way).view(1, n_way, 1).expand(batch_size, n_way, per_class)
+    batch = torch.arange(batch_size).unsqueeze(1)
 
     def split(part: slice, size: int) -> tuple[Tensor, Tensor]:
-        split_x = x[:, :, part].reshape(batch_size, n_way * size, *x.shape[3:])
+        # shuffled as indices, so that the images are gathered (and converted) once
+        split_rows = rows[:, :, part].reshape(batch_size, n_way * size)
         split_y = labels[:, :, part].reshape(batch_size, n_way * size)
         order = torch.rand(batch_size, n_way * size, generator=generator).argsort(dim=1)
-        batch = torch.arange(batch_size).unsqueeze(1)
-        return split_x[batch, order], split_y[batch, order]
+        return gather(data.examples, split_rows[batch, order]), split_y[batch, order]
 
     support_x, support_y = split(slice(0, k_shot), k_shot)
     query_x, query_y = split(slice(k_shot, per_class), query_size)
