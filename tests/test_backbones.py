@@ -10,6 +10,7 @@ import torchvision
 from metalearn.algorithms.protonet import ProtoNet
 from metalearn.build import build
 from metalearn.errors import UserError
+from metalearn.models.backbones import Conv4
 from metalearn.models.resnet12 import DropBlock, ResNet12
 from metalearn.models.torchvision_net import TorchvisionBackbone
 from tests.conftest import make_config
@@ -192,3 +193,10 @@ def test_backbone_config_builds_with_an_algorithm(overrides, backbone_class, fea
     with torch.no_grad():
         predictions = model.eval().adapt_and_predict(*batch.task(0)[:3])
     assert predictions.shape[0] == batch.query_x.shape[1]
+
+
+def test_conv4_on_84_pixel_rgb_images_gives_the_papers_1600_features():
+    backbone = Conv4((3, 84, 84))
+    assert backbone.out_features == 1600 and backbone.out_shape == (64, 5, 5)
+    with torch.no_grad():
+        assert backbone(torch.zeros(2, 3, 84, 84)).shape == (2, 1600)

@@ -30,6 +30,7 @@ from metalearn.data.mini_imagenet import MiniImageNet
 from metalearn.data.task_family import SPLITS
 from metalearn.data.tiered_imagenet import TieredImageNet
 from metalearn.errors import UserError
+from metalearn.training import train
 from tests.conftest import make_config
 
 # CIFAR-100's 20 superclasses (coarse labels, in label order) and their 5 classes each
@@ -533,3 +534,21 @@ def test_config_builds(name, tmp_path, rng):
     assert batch.query_x.shape[-3:] == (3, size, size)
     assert batch.support_x.min() < 0  # the config's normalize applied to pixels in [0, 1]
     assert (tmp_path / name / "cache" / f"{size}px_3ch").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CONFIG_FIXTURES))
+def test_each_benchmark_meta_trains_from_one_override(name, tmp_path, rng):
+    """`dataset=<name>` with its files in root: a (two-step) run that trains, validates on the
+    meta-val classes and tests on the meta-test classes."""
+    root = tmp_path / name
+    CONFIG_FIXTURES[name](root, rng)
+    record = train(make_config([f"dataset={name}", f"dataset.root={root}",
+                                f"paths.data_dir={tmp_path}", "dataset.download=false",
+                                "dataset.image_size=16", "backbone.hidden_channels=4",
+                                "episode.n_way=2", "episode.k_shot=1", "episode.query_size=1",
+                                "episode.train_n_way=2", "episode.train_query_size=1",
+                                "episode.num_tasks=2", "num_epochs=1", "episode.val_episodes=2",
+                                "episode.test_episodes=3"], tmp_path / "run"))
+    assert (record["dataset"], record["train_steps"], record["test_episodes"]) == (name, 2, 3)
+    assert (tmp_path / "run" / "results.json").is_file()

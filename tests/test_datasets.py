@@ -218,6 +218,7 @@ def test_omniglot_as_a_folder_of_images_is_the_built_in_omniglot(tmp_path):
                                  tmp_path / "built_in"))
     from_folder = train(make_config([*budget, "dataset=image_folder", f"dataset.root={root}",
                                      "dataset.image_size=28", "dataset.channels=1",
+                                     "dataset.augment=null",  # as Omniglot's default
                                      f"paths.data_dir={tmp_path / 'data'}"],
                                     tmp_path / "folder"))
     # the same episodes of the same pixels: the same numbers, not merely within the interval
