@@ -9,7 +9,7 @@ model can predict any later batch.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from metalearn.algorithms.maml import MAML
 from metalearn.errors import UserError
@@ -27,5 +27,5 @@ class ANIL(MAML):
         self.body = backbone
         return nn.Linear(backbone.out_features, self.output_dim)
 
-    def features(self, x: Tensor) -> Tensor:
-        return self.body(x)
+    def body_network(self) -> nn.Module:
+        return self.body

@@ -1,4 +1,4 @@
-"""Model-Agnostic Meta-Learning (Finn, Abbeel and Levine, ICML 2017), through learn2learn's `MAML`.
+"""Model-Agnostic Meta-Learning (Finn, Abbeel and Levine, ICML 2017).
 
 Algorithm 2 of the paper: for each task of a meta-batch, take `inner_steps` SGD steps of size
 `inner_lr` on the support loss from the shared initialisation, evaluate the adapted weights on the
@@ -7,10 +7,17 @@ query loss, differentiating through the inner steps (second order) unless `first
 Evaluation adapts with `test_inner_steps` steps (the paper used 10 at test time, against 1 to 5
 in training).
 
-Subclasses change what is adapted (`features`: ANIL adapts the output layer on top of a shared
-body) and how (`wrap`: Meta-SGD's learned rates). learn2learn's `allow_unused` and
-`allow_nograd` let the inner loop skip parameters the support loss does not use or that do not
-require gradients.
+Two backends compute the same numbers (a test holds them to 1e-8 in float64):
+- `functional` (the default): every task of a meta-batch at once, on torch.func
+  (metalearn/algorithms/functional.py);
+- `learn2learn`: learn2learn's `MAML` wrapper, `clone()` and `adapt()` task by task, kept as the
+  reference. The weights live in that wrapper in both, so checkpoints are interchangeable.
+
+Subclasses change what is adapted (ANIL adapts the output layer on top of a shared body) and how
+(`wrap` and `update_rule`: Meta-SGD's learned rates). `allow_nograd` leaves parameters that do not
+require gradients as they are; `allow_unused` lets the learn2learn backend adapt a network whose
+support loss does not use every parameter (the functional backend always does: such a
+parameter's gradient is zero).
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ import learn2learn as l2l
 import torch
 from torch import Tensor, nn
 
+from metalearn.algorithms.functional import Stats, TaskBatchedLoop, UpdateRule, sgd
 from metalearn.algorithms.gradient import GradientModule
 from metalearn.data.episodes import TaskBatch
+from metalearn.errors import UserError
+
+BACKENDS = ("functional", "learn2learn")
 
 
 def inner_loop(
@@ -33,64 +44,126 @@ def inner_loop(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     first_order: bool | None = None,
 ) -> l2l.algorithms.BaseLearner:
-    """Clones `learner` and takes `steps` gradient steps on the support loss.
-
-    The one place where MAML-family algorithms adapt; a faster backend can replace it alone.
-    The clone stays differentiable with respect to `learner`'s parameters (to first order only
-    if `first_order`). It runs in float32 under mixed precision too: the adapted weights set the
-    point where the query gradient is taken, and 16-bit support passes moved the meta-gradient by
-    22-58% (bf16) or overflowed float16 (README, Precision).
-    """
-    with torch.autocast(support_x.device.type, enabled=False):
-        # ANIL's body features come from autocast in 16 bits (float64 runs stay float64)
-        support_x = support_x.to(torch.promote_types(support_x.dtype, torch.float32))
-        adapted = learner.clone()
-        for _ in range(steps):
-            adapted.adapt(loss_fn(adapted(support_x), support_y), first_order=first_order)
+    """The learn2learn backend's adaptation of one task: clones `learner` and takes `steps`
+    gradient steps on the support loss. The clone stays differentiable with respect to
+    `learner`'s parameters (to first order only if `first_order`)."""
+    adapted = learner.clone()
+    for _ in range(steps):
+        adapted.adapt(loss_fn(adapted(support_x), support_y), first_order=first_order)
     return adapted
+
+
+def float32(x: Tensor) -> Tensor:
+    """Inputs of the inner loop in float32 at least (float64 runs stay float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class MAML(GradientModule):
     """Args (besides GradientModule's):
         inner_lr: the inner SGD step size (paper: 0.4 on Omniglot, 0.01 on the sinusoid).
         first_order: drop the second-order terms of the meta-gradient (FOMAML).
-        allow_unused: let the inner loop skip parameters the support loss does not use.
-        allow_nograd: let it skip parameters that do not require gradients (kept as they are).
+        allow_unused: let the learn2learn backend skip parameters the support loss does not use.
+        allow_nograd: leave parameters that do not require gradients as they are.
+        backend: "functional" (tasks batched on torch.func) or "learn2learn" (task by task).
     """
 
     def __init__(self, backbone: nn.Module, inner_lr: float = 0.4, first_order: bool = False,
-                 allow_unused: bool | None = None, allow_nograd: bool = False, **gradient_args):
+                 allow_unused: bool | None = None, allow_nograd: bool = False,
+                 backend: str = "functional", **gradient_args):
+        if backend not in BACKENDS:
+            raise UserError(f"algorithm.backend={backend!r} is not one of: {', '.join(BACKENDS)}")
         super().__init__(backbone, **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.backend = backend
         self.learner = self.wrap(self.learner)
+        self.batched_loop: TaskBatchedLoop | None = None  # built on first use
 
     def wrap(self, model: nn.Module) -> l2l.algorithms.BaseLearner:
-        """The learn2learn wrapper that clones and adapts the learner."""
+        """The learn2learn wrapper that holds the learner (and clones and adapts it in the
+        learn2learn backend)."""
         hparams = self.hparams
         return l2l.algorithms.MAML(
             model, lr=hparams.inner_lr, first_order=hparams.first_order,
             allow_unused=hparams.allow_unused, allow_nograd=hparams.allow_nograd,
         )
 
+    def update_rule(self) -> UpdateRule:
+        """The functional backend's inner step: SGD of size inner_lr."""
+        return sgd({name: self.hparams.inner_lr for name, _ in self.adapted_parameters()})
+
+    def body_network(self) -> nn.Module | None:
+        """What the adapted network reads, shared by all tasks (ANIL's); None: the inputs."""
+        return None
+
+    def adapted_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The learner's parameters the inner loop adapts (all, but frozen ones with
+        allow_nograd)."""
+        return [(name, p) for name, p in self.learner.module.named_parameters()
+                if p.requires_grad or not self.hparams.allow_nograd]
+
+    def loop(self) -> TaskBatchedLoop:
+        if self.batched_loop is None:
+            self.batched_loop = TaskBatchedLoop(self.learner.module, self.task_loss,
+                                                self.body_network())
+        return self.batched_loop
+
+    # Adapting and predicting a batch of tasks -------------------------------------------------
+    def adapt_tasks(self, support_x: Tensor, support_y: Tensor, steps: int,
+                    first_order: bool | None = None) -> tuple[object, Stats | None]:
+        """Each task of support [T, S, ...] adapted in `steps` steps (first_order None: the
+        configured order). In float32 under mixed precision too: 16-bit support passes moved
+        the meta-gradient by 22-58% (bf16) or overflowed float16 (README, Precision). Returns
+        the adapted learners and, from the functional backend in training mode, the batch
+        statistics of the support passes (the learn2learn backend's passes update the running
+        averages themselves)."""
+        first_order = self.hparams.first_order if first_order is None else first_order
+        with torch.autocast(support_x.device.type, enabled=False):
+            if self.backend == "learn2learn":
+                return [inner_loop(self.learner, float32(self.features(x)), y, steps,
+                                   self.task_loss, first_order)
+                        for x, y in zip(support_x, support_y)], None
+            adaptation = self.loop().adapt(float32(support_x), support_y, steps,
+                                           self.update_rule, first_order, self.training,
+                                           {name for name, _ in self.adapted_parameters()})
+        return adaptation.weights, adaptation.stats
+
+    def predict_tasks(self, adapted: object, query_x: Tensor) -> tuple[Tensor, Stats | None]:
+        """Query predictions [T, Q, ...] of the adapted learners, and the batch statistics as
+        adapt_tasks reports them."""
+        if self.backend == "learn2learn":
+            return torch.stack([learner(self.features(x))
+                                for learner, x in zip(adapted, query_x)]), None
+        return self.loop().predict(adapted, query_x, self.training, report=self.training)
+
     def features(self, x: Tensor) -> Tensor:
-        """What the adapted learner reads: the inputs themselves (ANIL: its body's features)."""
-        return x
-
-    def adapt_weights(self, support_x: Tensor, support_y: Tensor, steps: int,
-                      first_order: bool = True) -> l2l.algorithms.BaseLearner:
-        """first_order defaults to True: at test time nothing differentiates through the steps,
-        so no graph is kept (the adapted weights are the same)."""
-        return inner_loop(self.learner, self.features(support_x), support_y, steps,
-                          self.task_loss, first_order)
-
-    def predict_adapted(self, adapted: l2l.algorithms.BaseLearner, query_x: Tensor) -> Tensor:
-        return adapted(self.features(query_x))
+        """What the learn2learn backend's learner reads: the inputs (ANIL: the body's features)."""
+        body = self.body_network()
+        return x if body is None else body(x)
 
     def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
-        predictions = [
-            self.predict_adapted(self.adapt_weights(task.support_x, task.support_y,
-                                                    self.inner_steps, first_order=None), task.query_x)
-            for task in batch.tasks()
-        ]
+        adapted, support_stats = self.adapt_tasks(batch.support_x, batch.support_y,
+                                                  self.inner_steps)
+        predictions, query_stats = self.predict_tasks(adapted, batch.query_x)
+        if support_stats is not None and self.training:
+            self.loop().update_running_averages(support_stats, query_stats)
         losses = [self.task_loss(p, y) for p, y in zip(predictions, batch.query_y)]
-        return torch.stack(losses).mean(), torch.stack(predictions)
+        return torch.stack(losses).mean(), predictions
+
+    # GradientModule -----------------------------------------------------------------------------
+    # Nothing differentiates through test-time steps: first order keeps no graph. (Evaluation's
+    # passes leave the running averages alone in the functional backend; the learn2learn
+    # backend's train-mode passes move them, which matters to no prediction: they are used only
+    # with transductive_bn=False, in eval mode.)
+    def adapt_weights(self, support_x: Tensor, support_y: Tensor, steps: int) -> object:
+        return self.adapt_tasks(support_x[None], support_y[None], steps, True)[0]
+
+    def predict_adapted(self, adapted: object, query_x: Tensor) -> Tensor:
+        return self.predict_tasks(adapted, query_x[None])[0][0]
+
+    def predict_episodes(self, batch: TaskBatch) -> Tensor:
+        """Every test task of the batch adapted at once (the functional backend batches them)."""
+        with self.adaptation_mode(), torch.enable_grad():
+            adapted, _ = self.adapt_tasks(batch.support_x, batch.support_y,
+                                          self.test_inner_steps, True)
+        with self.adaptation_mode(), torch.no_grad():
+            return self.predict_tasks(adapted, batch.query_x)[0]

@@ -17,6 +17,7 @@ from learn2learn.algorithms.meta_sgd import meta_sgd_update
 from learn2learn.utils import clone_module, clone_parameters
 from torch import Tensor, autograd, nn
 
+from metalearn.algorithms.functional import UpdateRule, sgd
 from metalearn.algorithms.maml import MAML
 
 
@@ -48,6 +49,11 @@ class MetaSGDLearner(l2l.algorithms.MetaSGD):
 
 
 class MetaSGD(MAML):
+    def update_rule(self) -> UpdateRule:
+        """The functional backend's inner step: each coordinate's own learned rate."""
+        names = [name for name, _ in self.learner.module.named_parameters()]
+        return sgd(dict(zip(names, self.learner.lrs)))
+
     def wrap(self, model: nn.Module) -> MetaSGDLearner:
         hparams = self.hparams
         return MetaSGDLearner(model, lr=hparams.inner_lr, first_order=hparams.first_order,

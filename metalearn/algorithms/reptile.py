@@ -33,6 +33,11 @@ What we changed, and why:
   `transductive_bn=False` (predict with them) has something meaningful; with
   `transductive_bn=True` (the default, as in the paper's transductive setting and our MAML)
   fine-tuning and prediction use the statistics of the task's own batch.
+
+Two backends compute the same numbers (a test holds them to 1e-8 in float64): `functional` (the
+default) fine-tunes every task of a meta-batch at once on torch.func
+(metalearn/algorithms/functional.py), `per_task` fine-tunes a copy of the network per task with
+torch.optim, the reference.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from metalearn.algorithms.functional import Adaptation, TaskBatchedLoop, UpdateRule, adam, sgd
 from metalearn.algorithms.gradient import GradientModule
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
@@ -57,11 +63,18 @@ INNER_OPTIMIZERS = {
 }
 
 
-def mean_weights(modules: list[nn.Module]) -> dict[str, Tensor]:
-    """Every parameter and buffer of `modules`, averaged over the modules (by name)."""
-    named = [dict(chain(module.named_parameters(), module.named_buffers())) for module in modules]
+BACKENDS = ("functional", "per_task")
+
+
+def mean_weights(named: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Named tensors averaged over the list (by name)."""
     with torch.no_grad():
         return {name: sum(weights[name] for weights in named) / len(named) for name in named[0]}
+
+
+def named_weights(module: nn.Module) -> dict[str, Tensor]:
+    """A module's parameters and buffers by name."""
+    return dict(chain(module.named_parameters(), module.named_buffers()))
 
 
 class Reptile(GradientModule):
@@ -70,6 +83,8 @@ class Reptile(GradientModule):
         inner_optimizer: "sgd" or "adam" (Adam with beta1 = 0, as the paper's code).
         anneal_outer_lr: epsilon falls linearly to 0 over training.
         optimizer: the outer optimiser; SGD, which is Reptile, by default.
+        backend: "functional" (tasks batched on torch.func) or "per_task" (torch.optim on a copy
+            per task).
     """
 
     def __init__(
@@ -79,8 +94,11 @@ class Reptile(GradientModule):
         inner_optimizer: str = "adam",
         anneal_outer_lr: bool = True,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        backend: str = "functional",
         **gradient_args,
     ):
+        if backend not in BACKENDS:
+            raise UserError(f"algorithm.backend={backend!r} is not one of: {', '.join(BACKENDS)}")
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise UserError(f"algorithm.inner_optimizer={inner_optimizer!r} is not one of: "
                             f"{', '.join(INNER_OPTIMIZERS)}")
@@ -91,7 +109,10 @@ class Reptile(GradientModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.inner_optimizer, self.inner_lr = inner_optimizer, inner_lr
         self.anneal_outer_lr = anneal_outer_lr
+        self.backend = backend
+        self.batched_loop: TaskBatchedLoop | None = None  # built on first use
 
+    # The per-task backend ----------------------------------------------------------------------
     def fine_tune(self, x: Tensor, y: Tensor, steps: int) -> tuple[nn.Module, Tensor, Tensor]:
         """A copy of the learner after `steps` full-batch inner steps on (x, y), in the module's
         mode (training: batch statistics), with the loss and predictions of its last step
@@ -108,11 +129,63 @@ class Reptile(GradientModule):
                 optimizer.step()
         return learner, loss.detach(), predictions.detach()
 
-    def adapt_weights(self, support_x: Tensor, support_y: Tensor, steps: int) -> nn.Module:
-        return self.fine_tune(support_x, support_y, steps)[0]
+    # The functional backend --------------------------------------------------------------------
+    def inner_rule(self) -> Callable[[], UpdateRule]:
+        """The inner optimiser as a functional update rule (torch.optim's arithmetic)."""
+        if self.inner_optimizer == "adam":
+            return adam(self.inner_lr)
+        rates = {name: self.inner_lr for name, _ in self.learner.named_parameters()}
+        return lambda: sgd(rates)
 
-    def predict_adapted(self, adapted: nn.Module, query_x: Tensor) -> Tensor:
-        return adapted(query_x)
+    def loop(self) -> TaskBatchedLoop:
+        if self.batched_loop is None:
+            self.batched_loop = TaskBatchedLoop(self.learner, self.task_loss)
+        return self.batched_loop
+
+    def fine_tune_tasks(self, x: Tensor, y: Tensor, steps: int) -> Adaptation:
+        """fine_tune of every task of x [T, N, ...] at once."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.loop().adapt(x, y, steps, self.inner_rule(), first_order=True,
+                                     training=self.training)
+
+    def buffers_after(self, adaptation: Adaptation) -> list[dict[str, Tensor]]:
+        """Each task's copy of the learner's buffers, moved by its inner steps' passes."""
+        initial = dict(self.learner.named_buffers())
+        saved = {name: buffer.clone() for name, buffer in initial.items()}
+        per_task = []
+        with torch.no_grad():
+            for task in range(len(adaptation.loss)):
+                for name, buffer in initial.items():
+                    buffer.copy_(saved[name])
+                self.loop().update_running_averages(
+                    {part: [(mean[task:task + 1], variance[task:task + 1])
+                            for mean, variance in stats]
+                     for part, stats in adaptation.stats.items()})
+                per_task.append({name: buffer.clone() for name, buffer in initial.items()})
+            for name, buffer in initial.items():
+                buffer.copy_(saved[name])
+        return per_task
+
+    # GradientModule ----------------------------------------------------------------------------
+    def adapt_weights(self, support_x: Tensor, support_y: Tensor, steps: int) -> object:
+        if self.backend == "per_task":
+            return self.fine_tune(support_x, support_y, steps)[0]
+        return self.fine_tune_tasks(support_x[None], support_y[None], steps).weights
+
+    def predict_adapted(self, adapted: object, query_x: Tensor) -> Tensor:
+        if self.backend == "per_task":
+            return adapted(query_x)
+        return self.loop().predict(adapted, query_x[None], self.training)[0][0]
+
+    def predict_episodes(self, batch: TaskBatch) -> Tensor:
+        """Every test task of the batch fine-tuned at once (in the functional backend)."""
+        if self.backend == "per_task":
+            return super().predict_episodes(batch)
+        with self.adaptation_mode(), torch.enable_grad():
+            adaptation = self.fine_tune_tasks(batch.support_x, batch.support_y,
+                                              self.test_inner_steps)
+        with self.adaptation_mode(), torch.no_grad():
+            return self.loop().predict(adaptation.weights, batch.query_x, self.training)[0]
 
     def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """1/2 ||theta - mean_i W_i||^2 and the query predictions of each task's last inner step.
@@ -120,22 +193,25 @@ class Reptile(GradientModule):
         Also moves theta's BatchNorm running averages to the mean of the tasks' (buffers are
         not optimised, so they take the update here).
         """
-        adapted, task_losses, predictions = [], [], []
-        for task in batch.tasks():
-            x = torch.cat([task.support_x, task.query_x])
-            y = torch.cat([task.support_y, task.query_y])
-            learner, loss, outputs = self.fine_tune(x, y, self.inner_steps)
-            adapted.append(learner)
-            task_losses.append(loss)
-            predictions.append(outputs[len(task.support_x):])
-        target = mean_weights(adapted)
+        x = torch.cat([batch.support_x, batch.query_x], 1)
+        y = torch.cat([batch.support_y, batch.query_y], 1)
+        if self.backend == "per_task":
+            tuned = [self.fine_tune(*task, self.inner_steps) for task in zip(x, y)]
+            target = mean_weights([named_weights(learner) for learner, _, _ in tuned])
+            task_losses = torch.stack([loss for _, loss, _ in tuned])
+            outputs = torch.stack([output for _, _, output in tuned])
+        else:
+            adaptation = self.fine_tune_tasks(x, y, self.inner_steps)
+            target = {**{name: w.detach().mean(0) for name, w in adaptation.weights.items()},
+                      **mean_weights(self.buffers_after(adaptation))}
+            task_losses, outputs = adaptation.loss, adaptation.outputs
         with torch.no_grad():
             for name, buffer in self.learner.named_buffers():
                 buffer.copy_(target[name])
-        self.mean_task_loss = torch.stack(task_losses).mean()  # logged by training_step
+        self.mean_task_loss = task_losses.mean()  # logged by training_step
         surrogate = sum(0.5 * (weight - target[name]).pow(2).sum()
                         for name, weight in self.learner.named_parameters())
-        return surrogate, torch.stack(predictions)
+        return surrogate, outputs[:, batch.support_x.shape[1]:]
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         loss = super().training_step(batch, batch_idx)

@@ -1,0 +1,160 @@
+"""The functional backend (tasks batched on torch.func) against the learn2learn backend (task by
+task, learn2learn's MAML/MetaSGD): the same weights and tasks give the same meta-loss,
+meta-gradient, BatchNorm running averages and predictions, to 1e-8 in float64."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from metalearn.algorithms.anil import ANIL
+from metalearn.algorithms.maml import MAML
+from metalearn.algorithms.metasgd import MetaSGD
+from metalearn.algorithms.reptile import Reptile
+from metalearn.data.episodes import TaskBatch
+from metalearn.errors import UserError
+from metalearn.models.backbones import Conv4
+from tests.helpers import make_batch, relative_error
+
+TOLERANCE = 1e-8
+ALGORITHMS = {
+    "maml": (MAML, {}),
+    "fomaml": (MAML, {"first_order": True}),
+    "metasgd": (MetaSGD, {}),
+    "anil": (ANIL, {}),
+}
+
+
+def backend_pair(name: str, **args) -> tuple[MAML, MAML]:
+    """The algorithm on a Conv4 with BatchNorm, 2 inner steps, in float64, in both backends
+    with the same initial weights."""
+    cls, defaults = ALGORITHMS[name]
+    torch.manual_seed(0)
+    backbone = Conv4((1, 8, 8), hidden_channels=4, num_blocks=2)
+    functional = cls(backbone, inner_lr=0.3, inner_steps=2, test_inner_steps=2, output_dim=3,
+                     backend="functional", **{**defaults, **args}).double().train()
+    reference = copy.deepcopy(functional)
+    reference.backend = "learn2learn"
+    return functional, reference
+
+
+def meta_step(model: MAML, batch: TaskBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    loss, _ = model.meta_train_loss(batch)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    return loss, list(torch.autograd.grad(loss, parameters, materialize_grads=True))
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_meta_training_step_matches_learn2learn(name):
+    functional, reference = backend_pair(name)
+    batch = make_batch("classification")
+    loss, gradient = meta_step(functional, batch)
+    expected_loss, expected_gradient = meta_step(reference, batch)
+    assert abs(loss.item() - expected_loss.item()) < TOLERANCE * abs(expected_loss.item())
+    assert relative_error(gradient, expected_gradient) < TOLERANCE
+    # the running averages move, and move alike: every support pass, then the queries
+    buffers = [b for b in functional.buffers() if b.dtype.is_floating_point]
+    expected = [b for b in reference.buffers() if b.dtype.is_floating_point]
+    initial = [b for b in backend_pair(name)[0].buffers() if b.dtype.is_floating_point]
+    assert relative_error(expected, initial) > 1e-3
+    assert relative_error(buffers, expected) < TOLERANCE
+    assert [int(b) for b in functional.buffers() if not b.dtype.is_floating_point] == \
+        [int(b) for b in reference.buffers() if not b.dtype.is_floating_point]
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+@pytest.mark.parametrize("transductive", [True, False])
+def test_evaluation_matches_learn2learn(name, transductive):
+    functional, reference = backend_pair(name, transductive_bn=transductive)
+    batch = make_batch("classification")
+    for model in (functional, reference):  # running averages worth using
+        meta_step(model, batch)
+        model.eval()
+    task = batch.task(1)
+    with torch.no_grad():  # as Lightning evaluates
+        got = functional.adapt_and_predict(task.support_x, task.support_y, task.query_x)
+        expected = reference.adapt_and_predict(task.support_x, task.support_y, task.query_x)
+        batched = functional.predict_episodes(batch)
+    assert relative_error(got, expected) < TOLERANCE
+    # all the tasks adapted at once predict as each adapted alone
+    assert relative_error(batched[1], got) < TOLERANCE
+
+
+def test_parameters_that_do_not_adapt_keep_their_values():
+    """allow_nograd: a frozen layer is not adapted in either backend; the functional backend
+    gives an unused parameter a zero gradient, as learn2learn's allow_unused does."""
+    functional, reference = backend_pair("maml", allow_nograd=True, allow_unused=True)
+    for model in (functional, reference):
+        network = model.learner.module
+        first_conv = next(m for m in network.modules() if isinstance(m, nn.Conv2d))
+        first_conv.weight.requires_grad_(False)
+        network.register_parameter("unused", nn.Parameter(torch.ones(2, dtype=torch.double)))
+    batch = make_batch("classification")
+    _, gradient = meta_step(functional, batch)
+    _, expected_gradient = meta_step(reference, batch)
+    assert relative_error(gradient, expected_gradient) < TOLERANCE
+    adapted, _ = functional.adapt_tasks(batch.support_x, batch.support_y, 2)
+    frozen = [name for name, p in functional.learner.module.named_parameters()
+              if not p.requires_grad]
+    assert len(frozen) == 1 and frozen[0] not in adapted and "unused" in adapted
+    assert torch.equal(adapted["unused"][0], torch.ones(2, dtype=torch.double))
+
+
+def test_networks_vmap_cannot_batch_run_task_by_task(caplog):
+    """An operation without a batching rule: the functional backend warns once and gives the
+    same numbers task by task."""
+
+    class Unbatchable(nn.Module):
+        def forward(self, x):
+            return x if x.abs().max().item() < 1e6 else x.clamp(-1e6, 1e6)  # vmap has no .item()
+
+    functional, reference = backend_pair("maml")
+    for model in (functional, reference):
+        model.learner.module = nn.Sequential(Unbatchable(), model.learner.module)
+    batch = make_batch("classification")
+    loss, gradient = meta_step(functional, batch)
+    _, expected_gradient = meta_step(reference, batch)
+    assert "task by task" in caplog.text
+    assert relative_error(gradient, expected_gradient) < TOLERANCE
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(UserError, match="algorithm.backend='jax' is not one of"):
+        MAML(Conv4((1, 8, 8), hidden_channels=4, num_blocks=2), backend="jax", output_dim=3)
+
+
+def reptile_pair(inner_optimizer: str, **args) -> tuple[Reptile, Reptile]:
+    torch.manual_seed(0)
+    backbone = Conv4((1, 8, 8), hidden_channels=4, num_blocks=2)
+    functional = Reptile(backbone, inner_lr=0.05, inner_steps=3, test_inner_steps=2,
+                         inner_optimizer=inner_optimizer, anneal_outer_lr=False, output_dim=3,
+                         **args).double().train()
+    reference = copy.deepcopy(functional)
+    reference.backend = "per_task"
+    return functional, reference
+
+
+@pytest.mark.parametrize("inner_optimizer", ["sgd", "adam"])
+def test_reptile_matches_its_per_task_loop(inner_optimizer):
+    """The batched fine-tuning (SGD or Adam) gives torch.optim's weights: the same surrogate
+    loss, outer gradient, task losses, averaged running averages and test predictions."""
+    batch = make_batch("classification")
+    functional, reference = reptile_pair(inner_optimizer)
+    (loss, gradient), (expected_loss, expected_gradient) = (meta_step(m, batch)
+                                                            for m in (functional, reference))
+    assert abs(loss.item() - expected_loss.item()) < TOLERANCE * expected_loss.item()
+    assert relative_error(gradient, expected_gradient) < TOLERANCE
+    assert abs(functional.mean_task_loss - reference.mean_task_loss) < TOLERANCE
+    buffers = [b for b in functional.buffers() if b.dtype.is_floating_point]
+    expected = [b for b in reference.buffers() if b.dtype.is_floating_point]
+    assert relative_error(buffers, expected) < TOLERANCE
+    for transductive in (True, False):
+        for model in (functional, reference):
+            model.transductive_bn = transductive
+            model.eval()
+        with torch.no_grad():
+            got, want = (m.predict_episodes(batch) for m in (functional, reference))
+        assert relative_error(got, want) < TOLERANCE, transductive
