@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from metalearn import MALLOC_SETTINGS
 from metalearn.errors import UserError
 from metalearn.sweeps import in_multirun, record_job_error
 
@@ -15,6 +17,7 @@ def run_cli(function: Callable[..., Any], *args) -> Any:
     2; anything else is a bug and keeps its traceback. In a multirun, a job's mistake ends only
     that job: it is recorded for the sweep summary (which then ends the sweep with status 2), and
     the job returns None to the sweeper."""
+    logging.getLogger(__name__).debug(MALLOC_SETTINGS)
     try:
         return function(*args)
     except UserError as error:

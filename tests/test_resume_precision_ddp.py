@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from metalearn.build import build
 from metalearn.checkpoints import RUN_STATE_KEY
@@ -142,21 +141,31 @@ def test_mixed_precision_inner_loops_run_in_float32(tmp_path, algorithm):
         assert (mixed - exact).norm() < tolerance * exact.norm(), dtype
 
 
-def test_maml_support_pass_is_float32_and_query_pass_bf16_under_autocast(tmp_path):
-    cfg = make_config(["algorithm=maml", "episode.meta_batch_size=2",
-                       "backbone.hidden_channels=16", *TINY], tmp_path)
+@pytest.mark.parametrize("backend", ["functional", "learn2learn"])
+def test_maml_support_pass_is_float32_and_query_pass_bf16_under_autocast(tmp_path, backend):
+    cfg = make_config(["algorithm=maml", f"algorithm.backend={backend}",
+                       "episode.meta_batch_size=2", "backbone.hidden_channels=16", *TINY],
+                      tmp_path)
     datamodule, model = build(cfg)
     batch = next(iter(datamodule.train_dataloader()))
     full, _ = model.meta_train_loss(batch)
+    # the network each backend runs: learn2learn's clones share the learner's modules; the
+    # functional backend runs a copy of its structure on all tasks at once
+    network = model.loop().model.structure if backend == "functional" else model.learner.module
     activations = []
-    model.learner.module[0].register_forward_hook(lambda m, i, out: activations.append(out.dtype))
+    first_conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d))
+    first_conv.register_forward_hook(lambda m, i, out: activations.append(out.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what precision=bf16-mixed runs under
         mixed, _ = model.meta_train_loss(batch)
-        clone = model.learner.clone()
-        clone.adapt(F.cross_entropy(clone(batch.support_x[0]), batch.support_y[0]))
-        adapted_dtypes = {p.dtype for p in clone.parameters()}
-    # each task: the support pass in float32, then the query pass on the adapted weights in bf16
-    assert activations[:4] == [torch.float32, torch.bfloat16] * 2
+        adapted, _ = model.adapt_tasks(batch.support_x, batch.support_y, 1)
+        adapted_dtypes = {w.dtype for w in (adapted.values() if backend == "functional"
+                                            else adapted[0].parameters())}
+    # the support passes in float32, then the query passes on the adapted weights in bf16:
+    # learn2learn's backend runs both task by task; the functional one adapts all tasks in one
+    # pass, and its queries run task by task (autocast does not reach inside vmap)
+    support = [torch.float32] * (1 if backend == "functional" else 2)
+    expected = support + [torch.bfloat16] * 2
+    assert activations[:len(expected)] == expected
     assert adapted_dtypes == {torch.float32}  # the inner-loop weights stay float32
     assert mixed.dtype == torch.float32 and torch.isfinite(mixed)
     assert abs(mixed.item() - full.item()) < 0.05 * full.item()

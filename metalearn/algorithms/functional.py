@@ -278,7 +278,8 @@ class TaskBatchedLoop:
             output, stats["model"] = self.model.call({**fixed, **current}, x, training, report)
             return output, stats
 
-        if self.batched:
+        # autocast does not reach inside vmap (torch 2.x): mixed-precision queries run one by one
+        if self.batched and not torch.is_autocast_enabled(query_x.device.type):
             return vmap(task, randomness="different")(adapted, query_x)
         outputs = [task({n: w[t] for n, w in adapted.items()}, x) for t, x in enumerate(query_x)]
         return torch.stack([o[0] for o in outputs]), stacked_stats([o[1] for o in outputs])
