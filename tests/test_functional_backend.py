@@ -16,7 +16,7 @@ from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.algorithms.reptile import Reptile
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
-from metalearn.models.backbones import Conv4
+from metalearn.models.backbones import MLP, Conv4
 from tests.helpers import make_batch, relative_error
 
 TOLERANCE = 1e-8
@@ -37,7 +37,7 @@ def backend_pair(name: str, **args) -> tuple[MAML, MAML]:
     functional = cls(backbone, inner_lr=0.3, inner_steps=2, test_inner_steps=2, output_dim=3,
                      backend="functional", **{**defaults, **args}).double().train()
     reference = copy.deepcopy(functional)
-    reference.backend = "learn2learn"
+    reference.hparams.backend = "learn2learn"
     return functional, reference
 
 
@@ -126,14 +126,29 @@ def test_unknown_backend_is_refused():
         MAML(Conv4((1, 8, 8), hidden_channels=4, num_blocks=2), backend="jax", output_dim=3)
 
 
+def test_auto_backend_batches_where_it_is_faster(caplog):
+    """auto: task by task for a convolutional learner on the CPU (bench.md: 0.5-0.9x there),
+    batched for a fully connected one (2x) and for ANIL, whose adapted learner is a linear head
+    on a body that runs task by task anyway."""
+    caplog.set_level("INFO", logger="metalearn.algorithms.functional")
+    conv = Conv4((1, 8, 8), hidden_channels=4, num_blocks=2)
+    chosen = {name: cls(copy.deepcopy(conv), output_dim=3).backend
+              for name, cls in (("maml", MAML), ("metasgd", MetaSGD), ("anil", ANIL))}
+    chosen["reptile"] = Reptile(copy.deepcopy(conv), output_dim=3).backend
+    chosen["maml on an MLP"] = MAML(MLP((1, 8, 8), (16,)), output_dim=3).backend
+    assert chosen == {"maml": "learn2learn", "metasgd": "learn2learn", "anil": "functional",
+                      "reptile": "per_task", "maml on an MLP": "functional"}
+    assert "algorithm.backend=auto: the learn2learn backend on cpu" in caplog.text
+
+
 def reptile_pair(inner_optimizer: str, **args) -> tuple[Reptile, Reptile]:
     torch.manual_seed(0)
     backbone = Conv4((1, 8, 8), hidden_channels=4, num_blocks=2)
     functional = Reptile(backbone, inner_lr=0.05, inner_steps=3, test_inner_steps=2,
                          inner_optimizer=inner_optimizer, anneal_outer_lr=False, output_dim=3,
-                         **args).double().train()
+                         backend="functional", **args).double().train()
     reference = copy.deepcopy(functional)
-    reference.backend = "per_task"
+    reference.hparams.backend = "per_task"
     return functional, reference
 
 
@@ -158,3 +173,21 @@ def test_reptile_matches_its_per_task_loop(inner_optimizer):
         with torch.no_grad():
             got, want = (m.predict_episodes(batch) for m in (functional, reference))
         assert relative_error(got, want) < TOLERANCE, transductive
+
+
+@pytest.mark.slow
+def test_compiled_meta_training_step_matches_eager():
+    """algorithm.compile: the same loss, meta-gradient and running averages, step after step."""
+    torch.manual_seed(0)  # one block and one step: compiling takes a minute for two of each
+    eager = MAML(Conv4((1, 8, 8), hidden_channels=4, num_blocks=1), inner_lr=0.3, inner_steps=1,
+                 output_dim=3).double().train()
+    compiled = copy.deepcopy(eager)
+    compiled.hparams.compile = True
+    batch = make_batch("classification")
+    for _ in range(2):  # the first call compiles, the second runs the compiled graph
+        loss, gradient = meta_step(compiled, batch)
+        expected_loss, expected_gradient = meta_step(eager, batch)
+        assert abs(loss.item() - expected_loss.item()) < 1e-10 * abs(expected_loss.item())
+        assert relative_error(gradient, expected_gradient) < 1e-10
+        assert relative_error(list(compiled.buffers()), list(eager.buffers())) < 1e-10
+    assert compiled.compiled_loss is not None and eager.compiled_loss is None

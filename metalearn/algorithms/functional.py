@@ -63,17 +63,20 @@ class BatchStatisticsNorm(nn.Module):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 training=False, eps=self.eps)
         dims = [0, *range(2, x.dim())]
-        mean = x.mean(dims, keepdim=True)
-        centred = x - mean
-        variance = centred.pow(2).mean(dims, keepdim=True)
-        y = centred * torch.rsqrt(variance + self.eps)
+        variance, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
+        # one scale and shift per channel, then one pass over x: a single full-size tensor
+        # kept for the backward pass, where writing out (x - mean) / std * weight + bias keeps four
+        scale = torch.rsqrt(variance + self.eps)
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+            scale = scale * self.weight.view(shape)
+        shift = -mean * scale
+        if self.affine:
+            shift = shift + self.bias.view(shape)
         if self.reported is not None and self.tracks:
             count = x.numel() // x.shape[1]
             self.reported.append((mean.flatten().detach(),
                                   (variance.flatten() * count / max(count - 1, 1)).detach()))
-        return y
+        return torch.addcmul(shift, x, scale)
 
 
 def functional_copy(network: nn.Module) -> nn.Module:
@@ -150,21 +153,20 @@ def adam(lr: float, beta2: float = 0.999, eps: float = 1e-8) -> Callable[[], Upd
     return rule
 
 
-#: BatchNorm statistics reported by passes: for the body and for the adapted network, each a list
-#: [passes x layers] of (mean, unbiased variance), with a leading task dimension once batched
-Stats = dict[str, list[tuple[Tensor, Tensor]]]
+#: BatchNorm statistics reported by passes: [passes x layers] of (mean, unbiased variance), with a
+#: leading task dimension once batched
+Stats = list[tuple[Tensor, Tensor]]
 
 
-def running_norms(network: nn.Module | None) -> list[nn.modules.batchnorm._BatchNorm]:
+def running_norms(network: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The network's BatchNorm layers that keep running averages, in module order (the order
     `Functional.call` reports their statistics)."""
-    return [] if network is None else [
+    return [
         m for m in network.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
-def update_running_averages(layers: list[nn.modules.batchnorm._BatchNorm],
-                            stats: list[tuple[Tensor, Tensor]]) -> None:
+def update_running_averages(layers: list[nn.modules.batchnorm._BatchNorm], stats: Stats) -> None:
     """Applies reported statistics [passes x layers], each (mean [T, C], variance [T, C]) of T
     tasks, to the layers' running averages task by task, pass by pass, as the task-by-task
     backend's passes update them."""
@@ -183,9 +185,8 @@ def update_running_averages(layers: list[nn.modules.batchnorm._BatchNorm],
 
 def stacked_stats(per_task: list[Stats]) -> Stats:
     """Each task's reported statistics stacked along a first dimension, as vmap returns them."""
-    return {part: [tuple(torch.stack([task[part][i][j] for task in per_task]) for j in range(2))
-                   for i in range(len(per_task[0][part]))]
-            for part in per_task[0]}
+    return [tuple(torch.stack([task[i][j] for task in per_task]) for j in range(2))
+            for i in range(len(per_task[0]))]
 
 
 @dataclass
@@ -198,18 +199,36 @@ class Adaptation:
     outputs: Tensor  # [T, S, ...]: the network's outputs at that step
 
 
+def batches_fast(network: nn.Module, device: torch.device) -> bool:
+    """Whether the functional backend is the faster one for this adapted network: not for a
+    convolutional network on the CPU, where vmap's batched (grouped) convolutions and the
+    written-out BatchNorm ran at 0.5-0.8x the task-by-task loop's speed, while a fully connected
+    learner ran 2x faster (experiments/results/bench.md)."""
+    return device.type != "cpu" or not any(isinstance(m, nn.modules.conv._ConvNd)
+                                           for m in network.modules())
+
+
+def auto_backend(module: nn.Module, network: nn.Module, task_by_task: str) -> str:
+    """What backend="auto" runs for `module` adapting `network` on the module's device:
+    "functional" where batches_fast, else the algorithm's `task_by_task` backend; said in one
+    log line whenever the choice changes."""
+    choice = "functional" if batches_fast(network, module.device) else task_by_task
+    if getattr(module, "auto_choice", None) != choice:
+        log.info("algorithm.backend=auto: the %s backend on %s", choice, module.device.type)
+        module.auto_choice = choice
+    return choice
+
+
 class TaskBatchedLoop:
     """Adapts a network to every task of a batch at once and predicts their queries.
 
     Args:
-        model: the adapted network (its weights named in `adapted`), after an optional shared
-            `body` whose weights are learned in the outer loop only (ANIL).
+        model: the adapted network (its weights named in `adapted`).
         loss_fn: the support loss.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor],
-                 body: nn.Module | None = None):
-        self.model, self.body = Functional(model), (None if body is None else Functional(body))
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor]):
+        self.model = Functional(model)
         self.loss_fn = loss_fn
         self.batched = True  # until vmap fails on this network
 
@@ -217,9 +236,7 @@ class TaskBatchedLoop:
         """The BatchNorm running averages updated with the statistics of these passes, in
         order (the learn2learn backend's: all tasks' support passes, then their queries)."""
         for stats in passes:
-            for part, functional in (("body", self.body), ("model", self.model)):
-                if functional is not None:
-                    update_running_averages(running_norms(functional.network), stats[part])
+            update_running_averages(running_norms(self.model.network), stats)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int,
               rule: Callable[[], UpdateRule], first_order: bool, training: bool,
@@ -231,12 +248,9 @@ class TaskBatchedLoop:
         adapted = {name: w for name, w in weights.items()
                    if adapted_names is None or name in adapted_names}
         fixed = {name: w for name, w in weights.items() if name not in adapted}
-        body_weights = {} if self.body is None else self.body.weights()
 
         def task(x: Tensor, y: Tensor) -> tuple[Weights, Stats, Tensor, Tensor]:
-            current, update, stats = dict(adapted), rule(), {"body": [], "model": []}
-            if self.body is not None:  # the body's features, once: only the head adapts
-                x, stats["body"] = self.body.call(body_weights, x, training, training)
+            current, update, stats = dict(adapted), rule(), []
             loss = output = x.new_zeros(())  # no step, no last step
             for step in range(1, steps + 1):
                 def support_loss(trainable: Weights):
@@ -245,7 +259,7 @@ class TaskBatchedLoop:
                     loss = self.loss_fn(output, y)
                     return loss, (reported, loss.detach(), output.detach())
                 grads, (reported, loss, output) = grad(support_loss, has_aux=True)(current)
-                stats["model"] += reported
+                stats += reported
                 if first_order:
                     grads = {name: g.detach() for name, g in grads.items()}
                 current = update(current, grads, step)
@@ -268,15 +282,10 @@ class TaskBatchedLoop:
         """Predictions [T, Q, ...] of the adapted weights [T, ...] on query [T, Q, ...], and the
         batch statistics of the pass (when `report`)."""
         weights = self.model.weights()
-        body_weights = {} if self.body is None else self.body.weights()
         fixed = {name: w for name, w in weights.items() if name not in adapted}
 
         def task(current: Weights, x: Tensor) -> tuple[Tensor, Stats]:
-            stats = {"body": [], "model": []}
-            if self.body is not None:
-                x, stats["body"] = self.body.call(body_weights, x, training, report)
-            output, stats["model"] = self.model.call({**fixed, **current}, x, training, report)
-            return output, stats
+            return self.model.call({**fixed, **current}, x, training, report)
 
         # autocast does not reach inside vmap (torch 2.x): mixed-precision queries run one by one
         if self.batched and not torch.is_autocast_enabled(query_x.device.type):

@@ -28,12 +28,12 @@ import learn2learn as l2l
 import torch
 from torch import Tensor, nn
 
-from metalearn.algorithms.functional import Stats, TaskBatchedLoop, UpdateRule, sgd
+from metalearn.algorithms.functional import Stats, TaskBatchedLoop, UpdateRule, auto_backend, sgd
 from metalearn.algorithms.gradient import GradientModule
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
 
-BACKENDS = ("functional", "learn2learn")
+BACKENDS = ("auto", "functional", "learn2learn")
 
 
 def inner_loop(
@@ -64,19 +64,28 @@ class MAML(GradientModule):
         first_order: drop the second-order terms of the meta-gradient (FOMAML).
         allow_unused: let the learn2learn backend skip parameters the support loss does not use.
         allow_nograd: leave parameters that do not require gradients as they are.
-        backend: "functional" (tasks batched on torch.func) or "learn2learn" (task by task).
+        backend: "functional" (tasks batched on torch.func), "learn2learn" (task by task) or
+            "auto": learn2learn for a convolutional learner on the CPU, functional elsewhere.
+        compile: run the meta-training loss (forward and backward) through torch.compile: worth
+            it for long runs (README, Performance); the first step compiles for minutes.
     """
 
     def __init__(self, backbone: nn.Module, inner_lr: float = 0.4, first_order: bool = False,
                  allow_unused: bool | None = None, allow_nograd: bool = False,
-                 backend: str = "functional", **gradient_args):
+                 backend: str = "auto", compile: bool = False, **gradient_args):
         if backend not in BACKENDS:
             raise UserError(f"algorithm.backend={backend!r} is not one of: {', '.join(BACKENDS)}")
         super().__init__(backbone, **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
-        self.backend = backend
         self.learner = self.wrap(self.learner)
         self.batched_loop: TaskBatchedLoop | None = None  # built on first use
+        self.compiled_loss: Callable | None = None  # likewise, when compile
+
+    @property
+    def backend(self) -> str:
+        """The backend in use: the configured one, or what "auto" picks on the module's device."""
+        configured = self.hparams.backend
+        return configured if configured != "auto" else auto_backend(self, self.learner.module, "learn2learn")
 
     def wrap(self, model: nn.Module) -> l2l.algorithms.BaseLearner:
         """The learn2learn wrapper that holds the learner (and clones and adapts it in the
@@ -103,8 +112,7 @@ class MAML(GradientModule):
 
     def loop(self) -> TaskBatchedLoop:
         if self.batched_loop is None:
-            self.batched_loop = TaskBatchedLoop(self.learner.module, self.task_loss,
-                                                self.body_network())
+            self.batched_loop = TaskBatchedLoop(self.learner.module, self.task_loss)
         return self.batched_loop
 
     # Adapting and predicting a batch of tasks -------------------------------------------------
@@ -122,7 +130,7 @@ class MAML(GradientModule):
                 return [inner_loop(self.learner, float32(self.features(x)), y, steps,
                                    self.task_loss, first_order)
                         for x, y in zip(support_x, support_y)], None
-            adaptation = self.loop().adapt(float32(support_x), support_y, steps,
+            adaptation = self.loop().adapt(float32(self.task_features(support_x)), support_y, steps,
                                            self.update_rule, first_order, self.training,
                                            {name for name, _ in self.adapted_parameters()})
         return adaptation.weights, adaptation.stats
@@ -133,14 +141,31 @@ class MAML(GradientModule):
         if self.backend == "learn2learn":
             return torch.stack([learner(self.features(x))
                                 for learner, x in zip(adapted, query_x)]), None
-        return self.loop().predict(adapted, query_x, self.training, report=self.training)
+        return self.loop().predict(adapted, self.task_features(query_x), self.training,
+                                   report=self.training)
 
     def features(self, x: Tensor) -> Tensor:
-        """What the learn2learn backend's learner reads: the inputs (ANIL: the body's features)."""
+        """What the adapted learner reads: the inputs (ANIL: the body's features)."""
         body = self.body_network()
         return x if body is None else body(x)
 
+    def task_features(self, x: Tensor) -> Tensor:
+        """features of each task of x [T, N, ...]. ANIL's body runs task by task as an ordinary
+        module: its weights are shared, and in training mode each pass normalises with its own
+        task's statistics and moves the running averages itself (in the learn2learn backend's
+        order: all supports, then all queries); batched with vmap it ran at half the speed
+        on the CPU (experiments/results/bench.md)."""
+        return x if self.body_network() is None else torch.stack([self.features(t) for t in x])
+
     def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        if not (self.hparams.compile and self.training):
+            return self.meta_batch_loss(batch)
+        if self.compiled_loss is None:
+            self.compiled_loss = torch.compile(self.meta_batch_loss)
+        return self.compiled_loss(batch)
+
+    def meta_batch_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """The mean query loss of the adapted tasks, and their query predictions."""
         adapted, support_stats = self.adapt_tasks(batch.support_x, batch.support_y,
                                                   self.inner_steps)
         predictions, query_stats = self.predict_tasks(adapted, batch.query_x)

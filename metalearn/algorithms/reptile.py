@@ -51,7 +51,14 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from metalearn.algorithms.functional import Adaptation, TaskBatchedLoop, UpdateRule, adam, sgd
+from metalearn.algorithms.functional import (
+    Adaptation,
+    TaskBatchedLoop,
+    UpdateRule,
+    adam,
+    auto_backend,
+    sgd,
+)
 from metalearn.algorithms.gradient import GradientModule
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
@@ -63,7 +70,7 @@ INNER_OPTIMIZERS = {
 }
 
 
-BACKENDS = ("functional", "per_task")
+BACKENDS = ("auto", "functional", "per_task")
 
 
 def mean_weights(named: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -83,8 +90,9 @@ class Reptile(GradientModule):
         inner_optimizer: "sgd" or "adam" (Adam with beta1 = 0, as the paper's code).
         anneal_outer_lr: epsilon falls linearly to 0 over training.
         optimizer: the outer optimiser; SGD, which is Reptile, by default.
-        backend: "functional" (tasks batched on torch.func) or "per_task" (torch.optim on a copy
-            per task).
+        backend: "functional" (tasks batched on torch.func), "per_task" (torch.optim on a copy
+            per task) or "auto": per_task for a convolutional learner on the CPU, functional
+            elsewhere.
     """
 
     def __init__(
@@ -94,7 +102,7 @@ class Reptile(GradientModule):
         inner_optimizer: str = "adam",
         anneal_outer_lr: bool = True,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        backend: str = "functional",
+        backend: str = "auto",
         **gradient_args,
     ):
         if backend not in BACKENDS:
@@ -109,8 +117,13 @@ class Reptile(GradientModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.inner_optimizer, self.inner_lr = inner_optimizer, inner_lr
         self.anneal_outer_lr = anneal_outer_lr
-        self.backend = backend
         self.batched_loop: TaskBatchedLoop | None = None  # built on first use
+
+    @property
+    def backend(self) -> str:
+        """The backend in use: the configured one, or what "auto" picks on the module's device."""
+        configured = self.hparams.backend
+        return configured if configured != "auto" else auto_backend(self, self.learner, "per_task")
 
     # The per-task backend ----------------------------------------------------------------------
     def fine_tune(self, x: Tensor, y: Tensor, steps: int) -> tuple[nn.Module, Tensor, Tensor]:
@@ -158,9 +171,8 @@ class Reptile(GradientModule):
                 for name, buffer in initial.items():
                     buffer.copy_(saved[name])
                 self.loop().update_running_averages(
-                    {part: [(mean[task:task + 1], variance[task:task + 1])
-                            for mean, variance in stats]
-                     for part, stats in adaptation.stats.items()})
+                    [(mean[task:task + 1], variance[task:task + 1])
+                     for mean, variance in adaptation.stats])
                 per_task.append({name: buffer.clone() for name, buffer in initial.items()})
             for name, buffer in initial.items():
                 buffer.copy_(saved[name])

@@ -1,0 +1,362 @@
+"""The engine, measured side by side in one run (the machine is noisy: read ratios, not seconds).
+
+1. Meta-training steps of the MAML family on Omniglot 5-way 1-shot, 15 queries, meta-batch 32,
+   Conv4 (64 channels) and learn2learn's OmniglotFC: metalearn's step (`MetaLearner
+   .meta_train_step`, functional and learn2learn backends, and compiled) against a plain
+   learn2learn loop written as learn2learn's examples/vision/maml_omniglot.py (clone, adapt,
+   query loss, backward task by task, one Adam step), on the same tasks and initial weights.
+2. ProtoNet steps (5-way 1-shot and 20-way 5-shot) against a plain PyTorch step.
+3. The allocator: ProtoNet 20-way 5-shot steps with metalearn's malloc settings against the
+   system's (METALEARN_SYSTEM_MALLOC=1), each in a fresh process.
+4. Peak memory (RSS) of second-order MAML steps, by contender and inner steps.
+5. Meta-training tasks per second through train.py (Lightning included) for every algorithm, and
+   the sampler's share of a step; seconds per test episode (batches of 8, as train.py tests).
+
+Contenders alternate within each repeat; each row gives the ratio of the plain loop's time to
+metalearn's as min / median / max over the repeats (above 1: metalearn is faster).
+    python experiments/benchmark_engine.py [--repeats 5] [--no-compile] [--quick]
+writes experiments/results/bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import learn2learn as l2l
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from metalearn import MALLOC_SETTINGS
+from metalearn.api import MetaLearner, TaskSampler, evaluating
+from metalearn.build import build
+from metalearn.compose import compose_config
+from metalearn.data.episodes import TaskBatch
+from metalearn.files import write_text
+from metalearn.training import train
+
+RESULTS = Path(__file__).parent / "results" / "bench.md"
+ALGORITHMS = ("protonet", "matchingnet", "relationnet", "siamese", "maml",
+              "maml algorithm.backend=learn2learn", "fomaml", "metasgd", "anil", "reptile",
+              "reptile algorithm.backend=per_task", "meta_lstm", "metanet", "mann", "ntm")
+
+
+# Timing ------------------------------------------------------------------------------------------
+def alternate(contenders: dict[str, Callable[[], object]], repeats: int,
+              steps: int) -> dict[str, list[float]]:
+    """Seconds per call of each contender: one warm-up call each, then `repeats` rounds in which
+    each contender makes `steps` calls in turn."""
+    for run in contenders.values():
+        run()
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            started = time.perf_counter()
+            for _ in range(steps):
+                run()
+            times[name].append((time.perf_counter() - started) / steps)
+    return times
+
+
+def ratio_cell(reference: list[float], contender: list[float]) -> str:
+    """min / median / max over the rounds of reference time / contender time."""
+    ratios = sorted(r / c for r, c in zip(reference, contender))
+    return f"{ratios[0]:.2f} / {statistics.median(ratios):.2f} / {ratios[-1]:.2f}"
+
+
+def seconds(times: list[float]) -> str:
+    return f"{statistics.median(times):.3f}"
+
+
+# 1. The MAML family against a plain learn2learn loop -------------------------------------------
+def plain_learn2learn_step(algorithm: str, network: torch.nn.Module, inner_steps: int,
+                           first_order: bool) -> Callable[[TaskBatch], None]:
+    """learn2learn's maml_omniglot.py step (ANIL: its anil_fc100.py shape: a body, then a MAML
+    head), with Adam 0.001 and the inner rate of metalearn's config."""
+    if algorithm == "anil":
+        body, head = network.body, network.learner.module
+        wrapper = l2l.algorithms.MAML(head, lr=0.4, first_order=first_order)
+        parameters = [*body.parameters(), *wrapper.parameters()]
+    else:
+        body = None
+        wrap = (l2l.algorithms.MetaSGD if algorithm == "metasgd" else l2l.algorithms.MAML)
+        wrapper = wrap(network, lr=0.4, first_order=first_order)
+        parameters = list(wrapper.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=0.001)
+
+    def step(batch: TaskBatch) -> None:
+        optimizer.zero_grad()
+        for support_x, support_y, query_x, query_y in zip(*batch):
+            if body is not None:
+                support_x, query_x = body(support_x), body(query_x)
+            learner = wrapper.clone()
+            for _ in range(inner_steps):
+                learner.adapt(F.cross_entropy(learner(support_x), support_y))
+            (F.cross_entropy(learner(query_x), query_y) / batch.batch_size).backward()
+        optimizer.step()
+    return step
+
+
+def maml_rows(batch: TaskBatch, repeats: int, compile_row: bool, quick: bool) -> list[str]:
+    fc = lambda: l2l.vision.models.OmniglotFC(28 * 28, 5)  # noqa: E731
+    # (label, algorithm, network (None: Conv4), inner steps, whether to compile it too)
+    rows = [("MAML, Conv4, 1 step", "maml", None, 1, True),
+            ("MAML, Conv4, 5 steps", "maml", None, 5, False),
+            ("FOMAML, Conv4, 1 step", "fomaml", None, 1, False),
+            ("Meta-SGD, Conv4, 1 step", "metasgd", None, 1, False),
+            ("ANIL, Conv4, 1 step", "anil", None, 1, False),
+            ("MAML, OmniglotFC, 1 step", "maml", fc, 1, True)]
+    lines = ["| step (Omniglot 5-way 1-shot, 32 tasks) | plain l2l s/step | functional | "
+             "learn2learn backend |" + (" functional, compiled |" if compile_row else ""),
+             "|---|---|---|---|" + ("---|" if compile_row else "")]
+    for label, algorithm, model, steps, compiled in rows[::5] if quick else rows:
+        learners = {}
+        for backend in ("functional", "learn2learn"):
+            torch.manual_seed(0)
+            learners[backend] = MetaLearner(algorithm, None if model is None else model(),
+                                            inner_steps=steps, backend=backend)
+        if compile_row and compiled:
+            torch.manual_seed(0)
+            learners["compiled"] = MetaLearner(algorithm, None if model is None else model(),
+                                               inner_steps=steps, overrides=["algorithm.compile=true"])
+            started = time.perf_counter()
+            learners["compiled"].meta_train_step(batch)
+            compile_seconds = time.perf_counter() - started
+        module = learners["functional"].module
+        network = copy.deepcopy(module if algorithm == "anil" else module.learner.module).train()
+        plain = plain_learn2learn_step(algorithm, network, steps, algorithm == "fomaml")
+        contenders = {"plain": lambda: plain(batch)}
+        contenders.update({name: (lambda learner=learner: learner.meta_train_step(batch))
+                           for name, learner in learners.items()})
+        times = alternate(contenders, repeats, 1)
+        cells = [ratio_cell(times["plain"], times[name]) for name in learners]
+        if compile_row and compiled:
+            cells[-1] += f" (compiling: {compile_seconds:.0f} s)"
+        elif compile_row:
+            cells.append("")
+        lines.append(f"| {label} | {seconds(times['plain'])} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+# 2. ProtoNet against a plain PyTorch step -------------------------------------------------------
+def plain_protonet_step(backbone: torch.nn.Module) -> Callable[[TaskBatch], None]:
+    """Embed support and query in one pass, class means, squared Euclidean distances."""
+    optimizer = torch.optim.Adam(backbone.parameters(), lr=0.001)
+
+    def step(batch: TaskBatch) -> None:
+        optimizer.zero_grad()
+        for support_x, support_y, query_x, query_y in zip(*batch):
+            features = backbone(torch.cat([support_x, query_x]))
+            support, query = features[:len(support_x)], features[len(support_x):]
+            one_hot = F.one_hot(support_y).to(support.dtype)
+            prototypes = one_hot.T @ support / one_hot.sum(0)[:, None]
+            loss = F.cross_entropy(-torch.cdist(query, prototypes).pow(2), query_y)
+            (loss / batch.batch_size).backward()
+        optimizer.step()
+    return step
+
+
+def protonet_rows(repeats: int) -> list[str]:
+    lines = ["| ProtoNet step (1 task, 15 queries per class) | plain PyTorch s/step | "
+             "metalearn (ratio) |", "|---|---|---|"]
+    for n_way, k_shot in ((5, 1), (20, 5)):
+        batch = TaskSampler("omniglot", n_way=n_way, k_shot=k_shot, query_size=15,
+                            seed=0).sample(1)
+        torch.manual_seed(0)
+        learner = MetaLearner("protonet", n_way=n_way, k_shot=k_shot)
+        plain = plain_protonet_step(copy.deepcopy(learner.module.backbone))
+        times = alternate({"plain": lambda: plain(batch),
+                           "metalearn": lambda: learner.meta_train_step(batch)}, repeats, 5)
+        lines.append(f"| {n_way}-way {k_shot}-shot | {seconds(times['plain'])} | "
+                     f"{ratio_cell(times['plain'], times['metalearn'])} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+# 3 and 4. Measured in fresh processes ------------------------------------------------------------
+PROBES = {
+    # seconds per ProtoNet 20-way 5-shot step after a warm-up step
+    "protonet": """
+import time, torch
+from metalearn.api import MetaLearner, TaskSampler
+batch = TaskSampler("omniglot", n_way=20, k_shot=5, query_size=15, seed=0).sample(1)
+learner = MetaLearner("protonet", n_way=20, k_shot=5)
+learner.meta_train_step(batch)
+started = time.perf_counter()
+for _ in range(10):
+    learner.meta_train_step(batch)
+print((time.perf_counter() - started) / 10)
+""",
+    # GFLOP/s of Conv4's first layer (1 -> 64 channels, 28 x 28) and second (64 -> 64, 14 x 14)
+    # forward on the 400 images of a 20-way 5-shot 15-query episode
+    "layers": """
+import time, torch
+import metalearn
+first, second = torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, padding=1)
+rates = []
+for layer, x in ((first, torch.rand(400, 1, 28, 28)), (second, torch.rand(400, 64, 14, 14))):
+    flops = 2 * 9 * layer.in_channels * layer.out_channels * x.shape[0] * x[0, 0].numel()
+    with torch.no_grad():
+        layer(x)
+        started = time.perf_counter()
+        for _ in range(20):
+            layer(x)
+    rates.append(flops * 20 / (time.perf_counter() - started) / 1e9)
+print(*rates)
+""",
+    # resident memory before the first step and at its peak over two steps (MiB); VmHWM, as
+    # getrusage's ru_maxrss keeps the parent's peak across exec
+    "memory": """
+import re, sys, torch
+from metalearn.api import MetaLearner, TaskSampler
+def status(key):
+    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read())[1]) / 1024
+backend, steps = sys.argv[1], int(sys.argv[2])
+batch = TaskSampler("omniglot", n_way=5, k_shot=1, query_size=15, seed=0).sample(32)
+learner = MetaLearner("maml", inner_steps=steps, backend=backend)
+before = status("VmRSS")
+for _ in range(2):
+    learner.meta_train_step(batch)
+print(before, status("VmHWM"))
+""",
+}
+
+
+def probe(name: str, *args: str, **environment: str) -> list[float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METALEARN_SYSTEM")}
+    result = subprocess.run([sys.executable, "-c", PROBES[name], *args], check=True,
+                            env={**env, **environment}, capture_output=True, text=True)
+    return [float(value) for value in result.stdout.split()]
+
+
+def allocator_rows(repeats: int) -> list[str]:
+    times = {"system": [], "metalearn": []}
+    for _ in range(repeats):
+        times["system"] += probe("protonet", METALEARN_SYSTEM_MALLOC="1")
+        times["metalearn"] += probe("protonet")
+    lines = ["| fresh process each | system malloc | metalearn's | ratio |", "|---|---|---|---|",
+             f"| ProtoNet 20-way 5-shot step (s) | {seconds(times['system'])} | "
+             f"{seconds(times['metalearn'])} | "
+             f"{ratio_cell(times['system'], times['metalearn'])} |"]
+    rates = {"system": [], "metalearn": []}
+    for _ in range(repeats):
+        rates["system"].append(probe("layers", METALEARN_SYSTEM_MALLOC="1"))
+        rates["metalearn"].append(probe("layers"))
+    for index, layer in enumerate(("first layer, 1 -> 64 channels", "second, 64 -> 64")):
+        system, tuned = ([r[index] for r in rates[name]] for name in ("system", "metalearn"))
+        lines.append(f"| Conv4 {layer}, forward (GFLOP/s) | {statistics.median(system):.1f} | "
+                     f"{statistics.median(tuned):.1f} | {ratio_cell(tuned, system)} |")
+    print(*lines[2:], sep="\n", flush=True)
+    return lines
+
+
+def memory_rows(quick: bool) -> list[str]:
+    lines = ["| MAML second order, Conv4, 32 tasks | backend | RSS before (MiB) | "
+             "peak RSS (MiB) | peak - before |", "|---|---|---|---|---|"]
+    for steps in (1,) if quick else (1, 5):
+        for backend in ("functional", "learn2learn"):
+            before, peak = probe("memory", backend, str(steps))
+            lines.append(f"| {steps} inner step{'s' * (steps > 1)} | {backend} | {before:,.0f} | "
+                         f"{peak:,.0f} | {peak - before:,.0f} |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+# 5. Through train.py, and test episodes -----------------------------------------------------------
+class StepTimer(L.Callback):
+    """Times training batches after the first (warm-up) one: the step, the sampler and
+    Lightning's own work between steps."""
+
+    ends: list[float] = []
+
+    def on_train_batch_end(self, *args) -> None:
+        StepTimer.ends.append(time.perf_counter())
+
+
+def train_rows(steps: int, algorithms: tuple[str, ...]) -> list[str]:
+    lines = ["| algorithm | tasks per step | tasks/s through train.py | sampler's share of a step |"
+             " test s/episode |", "|---|---|---|---|---|"]
+    for row in algorithms:
+        algorithm, *overrides = row.split()
+        with tempfile.TemporaryDirectory() as output_dir:
+            cfg = compose_config([f"algorithm={algorithm}", *overrides, "num_epochs=1",
+                                  f"trainer.max_steps={steps}", "episode.val_episodes=8",
+                                  "episode.test_episodes=8", "logger=csv",
+                                  "+callbacks.step_timer._target_=__main__.StepTimer"],
+                                 output_dir)
+            tasks = cfg.episode.meta_batch_size
+            StepTimer.ends = []
+            train(cfg)
+            ends = StepTimer.ends
+            step_seconds = (ends[-1] - ends[0]) / (len(ends) - 1)
+            datamodule, module = build(cfg)
+            loader = iter(datamodule.train_dataloader())
+            next(loader)
+            started = time.perf_counter()
+            for _ in range(steps):
+                next(loader)
+            sampling = (time.perf_counter() - started) / steps
+            test = next(iter(datamodule.test_dataloader()))
+            with evaluating(module), torch.no_grad():
+                module.score_episodes(test)  # warm-up
+                started = time.perf_counter()
+                module.score_episodes(test)
+                per_episode = (time.perf_counter() - started) / test.batch_size
+        lines.append(f"| {row} | {tasks} | {tasks / step_seconds:,.1f} | "
+                     f"{sampling / step_seconds:.1%} | {per_episode:.3f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled column "
+                        "(compiling takes minutes)")
+    parser.add_argument("--quick", action="store_true", help="a few rows, to try the script")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: experiments/results/bench.md (--quick: print only)")
+    args = parser.parse_args()
+    repeats = 2 if args.quick else args.repeats
+    batch = TaskSampler("omniglot", n_way=5, k_shot=1, query_size=15, seed=0).sample(32)
+    sections = [
+        ("Meta-training steps: the MAML family against a plain learn2learn loop",
+         maml_rows(batch, repeats, not args.no_compile and not args.quick, args.quick)),
+        ("ProtoNet against a plain PyTorch step", protonet_rows(repeats)),
+        ("The allocator (metalearn/allocator.py)", allocator_rows(2 if args.quick else 3)),
+        ("Peak memory", memory_rows(args.quick)),
+        ("Every algorithm through train.py (Omniglot 5-way 1-shot, its default config)",
+         train_rows(4 if args.quick else 10, ALGORITHMS[:2] if args.quick else ALGORITHMS)),
+    ]
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
+               f"torch {torch.__version__}, learn2learn {l2l.__version__}")
+    text = [f"# Engine benchmark ({date.today().isoformat()})", "",
+            f"Machine: {machine}. {MALLOC_SETTINGS}.", "",
+            "Ratios are the reference's time over metalearn's, min / median / max over "
+            f"{repeats} alternating rounds (above 1: metalearn is faster). Reproduce: "
+            "`make bench` or `python experiments/benchmark_engine.py`."]
+    for title, lines in sections:
+        text += ["", f"## {title}", "", *lines]
+    output = args.output or (None if args.quick else RESULTS)
+    if output is None:
+        print("\n".join(text))
+        return
+    write_text(output, "\n".join(text) + "\n")
+    print(f"Wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
