@@ -30,6 +30,7 @@ test-fast: install
 bench: install
 	$(PY) experiments/benchmark_sampler.py
 	$(PY) experiments/benchmark_data.py $(ARGS)
+	$(PY) experiments/benchmark_engine.py
 
 clean:
 	rm -rf $(VENV) outputs

@@ -6,8 +6,10 @@
    learn2learn loop written as learn2learn's examples/vision/maml_omniglot.py (clone, adapt,
    query loss, backward task by task, one Adam step), on the same tasks and initial weights.
 2. ProtoNet steps (5-way 1-shot and 20-way 5-shot) against a plain PyTorch step.
-3. The allocator: ProtoNet 20-way 5-shot steps with metalearn's malloc settings against the
-   system's (METALEARN_SYSTEM_MALLOC=1), each in a fresh process.
+3. What a user gets, each step in a fresh process: the plain loops under the system's malloc
+   against metalearn under its own settings (metalearn/allocator.py) and under the system's
+   (METALEARN_SYSTEM_MALLOC=1), for ProtoNet 20-way 5-shot and MAML on Conv4; and Conv4's first
+   two layers' forward GFLOP/s under both.
 4. Peak memory (RSS) of second-order MAML steps, by contender and inner steps.
 5. Meta-training tasks per second through train.py (Lightning included) for every algorithm, and
    the sampler's share of a step; seconds per test episode (batches of 8, as train.py tests).
@@ -129,7 +131,8 @@ def maml_rows(batch: TaskBatch, repeats: int, compile_row: bool, quick: bool) ->
         if compile_row and compiled:
             torch.manual_seed(0)
             learners["compiled"] = MetaLearner(algorithm, None if model is None else model(),
-                                               inner_steps=steps, overrides=["algorithm.compile=true"])
+                                               inner_steps=steps, backend="functional",
+                                               compile=True)
             started = time.perf_counter()
             learners["compiled"].meta_train_step(batch)
             compile_seconds = time.perf_counter() - started
@@ -187,17 +190,31 @@ def protonet_rows(repeats: int) -> list[str]:
 
 # 3 and 4. Measured in fresh processes ------------------------------------------------------------
 PROBES = {
-    # seconds per ProtoNet 20-way 5-shot step after a warm-up step
-    "protonet": """
-import time, torch
+    # seconds per step after a warm-up step: ProtoNet 20-way 5-shot (1 task) or a MAML-family
+    # algorithm 5-way 1-shot (32 tasks), by metalearn (its default config) or the plain loop
+    "step": """
+import copy, sys, time, torch
+sys.path.insert(0, sys.argv[3])
+from benchmark_engine import plain_learn2learn_step, plain_protonet_step
 from metalearn.api import MetaLearner, TaskSampler
-batch = TaskSampler("omniglot", n_way=20, k_shot=5, query_size=15, seed=0).sample(1)
-learner = MetaLearner("protonet", n_way=20, k_shot=5)
-learner.meta_train_step(batch)
+algorithm, contender = sys.argv[1], sys.argv[2]
+n_way, k_shot, tasks = (20, 5, 1) if algorithm == "protonet" else (5, 1, 32)
+batch = TaskSampler("omniglot", n_way=n_way, k_shot=k_shot, query_size=15, seed=0).sample(tasks)
+torch.manual_seed(0)
+learner = MetaLearner(algorithm, n_way=n_way, k_shot=k_shot)
+if contender == "metalearn":
+    step = lambda: learner.meta_train_step(batch)
+else:
+    plain = (plain_protonet_step(copy.deepcopy(learner.module.backbone))
+             if algorithm == "protonet" else plain_learn2learn_step(
+                 algorithm, copy.deepcopy(learner.module.learner.module).train(), 1, False))
+    step = lambda: plain(batch)
+step()
+count = 10 if algorithm == "protonet" else 3
 started = time.perf_counter()
-for _ in range(10):
-    learner.meta_train_step(batch)
-print((time.perf_counter() - started) / 10)
+for _ in range(count):
+    step()
+print((time.perf_counter() - started) / count)
 """,
     # GFLOP/s of Conv4's first layer (1 -> 64 channels, 28 x 28) and second (64 -> 64, 14 x 14)
     # forward on the 400 images of a 20-way 5-shot 15-query episode
@@ -242,22 +259,32 @@ def probe(name: str, *args: str, **environment: str) -> list[float]:
 
 
 def allocator_rows(repeats: int) -> list[str]:
-    times = {"system": [], "metalearn": []}
-    for _ in range(repeats):
-        times["system"] += probe("protonet", METALEARN_SYSTEM_MALLOC="1")
-        times["metalearn"] += probe("protonet")
-    lines = ["| fresh process each | system malloc | metalearn's | ratio |", "|---|---|---|---|",
-             f"| ProtoNet 20-way 5-shot step (s) | {seconds(times['system'])} | "
-             f"{seconds(times['metalearn'])} | "
-             f"{ratio_cell(times['system'], times['metalearn'])} |"]
+    """What a user gets: the plain loop in a process of its own with the system's malloc, against
+    metalearn with its own settings, and metalearn under the system's malloc (the allocator's
+    share), each step in a fresh process, alternating."""
+    lines = ["| fresh process each | plain loop, system malloc | metalearn, system malloc | "
+             "metalearn | plain / metalearn | the allocator's gain |", "|---|---|---|---|---|---|"]
+    here = str(Path(__file__).parent)
+    for algorithm, label in (("protonet", "ProtoNet 20-way 5-shot step (s)"),
+                             ("maml", "MAML Conv4 5-way 1-shot step, 32 tasks (s)")):
+        times = {"plain": [], "system": [], "metalearn": []}
+        for _ in range(repeats):
+            times["plain"] += probe("step", algorithm, "plain", here, METALEARN_SYSTEM_MALLOC="1")
+            times["system"] += probe("step", algorithm, "metalearn", here,
+                                     METALEARN_SYSTEM_MALLOC="1")
+            times["metalearn"] += probe("step", algorithm, "metalearn", here)
+        lines.append(f"| {label} | {seconds(times['plain'])} | {seconds(times['system'])} | "
+                     f"{seconds(times['metalearn'])} | "
+                     f"{ratio_cell(times['plain'], times['metalearn'])} | "
+                     f"{ratio_cell(times['system'], times['metalearn'])} |")
     rates = {"system": [], "metalearn": []}
     for _ in range(repeats):
         rates["system"].append(probe("layers", METALEARN_SYSTEM_MALLOC="1"))
         rates["metalearn"].append(probe("layers"))
     for index, layer in enumerate(("first layer, 1 -> 64 channels", "second, 64 -> 64")):
         system, tuned = ([r[index] for r in rates[name]] for name in ("system", "metalearn"))
-        lines.append(f"| Conv4 {layer}, forward (GFLOP/s) | {statistics.median(system):.1f} | "
-                     f"{statistics.median(tuned):.1f} | {ratio_cell(tuned, system)} |")
+        lines.append(f"| Conv4 {layer}, forward (GFLOP/s) | | {statistics.median(system):.1f} | "
+                     f"{statistics.median(tuned):.1f} | | {ratio_cell(tuned, system)} |")
     print(*lines[2:], sep="\n", flush=True)
     return lines
 
@@ -335,7 +362,8 @@ def main() -> None:
         ("Meta-training steps: the MAML family against a plain learn2learn loop",
          maml_rows(batch, repeats, not args.no_compile and not args.quick, args.quick)),
         ("ProtoNet against a plain PyTorch step", protonet_rows(repeats)),
-        ("The allocator (metalearn/allocator.py)", allocator_rows(2 if args.quick else 3)),
+        ("In fresh processes: the plain loops as a user runs them, and the allocator",
+         allocator_rows(2 if args.quick else 3)),
         ("Peak memory", memory_rows(args.quick)),
         ("Every algorithm through train.py (Omniglot 5-way 1-shot, its default config)",
          train_rows(4 if args.quick else 10, ALGORITHMS[:2] if args.quick else ALGORITHMS)),

@@ -121,14 +121,18 @@ def test_networks_vmap_cannot_batch_run_task_by_task(caplog):
     assert relative_error(gradient, expected_gradient) < TOLERANCE
 
 
-def test_unknown_backend_is_refused():
+def test_unknown_backend_and_compiling_learn2learn_are_refused():
+    conv = Conv4((1, 8, 8), hidden_channels=4, num_blocks=2)
     with pytest.raises(UserError, match="algorithm.backend='jax' is not one of"):
-        MAML(Conv4((1, 8, 8), hidden_channels=4, num_blocks=2), backend="jax", output_dim=3)
+        MAML(conv, backend="jax", output_dim=3)
+    with pytest.raises(UserError, match="algorithm.compile=true needs algorithm.backend="):
+        MAML(conv, backend="learn2learn", compile=True, output_dim=3)
+    assert MAML(conv, compile=True, output_dim=3).backend == "functional"
 
 
 def test_auto_backend_batches_where_it_is_faster(caplog):
-    """auto: task by task for a convolutional learner on the CPU (bench.md: 0.5-0.9x there),
-    batched for a fully connected one (2x) and for ANIL, whose adapted learner is a linear head
+    """auto: task by task for a convolutional learner on the CPU (bench.md: 0.6-0.8x there),
+    batched for a fully connected one (2.6x) and for ANIL, whose adapted learner is a linear head
     on a body that runs task by task anyway."""
     caplog.set_level("INFO", logger="metalearn.algorithms.functional")
     conv = Conv4((1, 8, 8), hidden_channels=4, num_blocks=2)

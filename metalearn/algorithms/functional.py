@@ -202,8 +202,8 @@ class Adaptation:
 def batches_fast(network: nn.Module, device: torch.device) -> bool:
     """Whether the functional backend is the faster one for this adapted network: not for a
     convolutional network on the CPU, where vmap's batched (grouped) convolutions and the
-    written-out BatchNorm ran at 0.5-0.8x the task-by-task loop's speed, while a fully connected
-    learner ran 2x faster (experiments/results/bench.md)."""
+    written-out BatchNorm ran at 0.6-0.8x the task-by-task loop's speed, while a fully connected
+    learner ran 2.6x faster (experiments/results/bench.md)."""
     return device.type != "cpu" or not any(isinstance(m, nn.modules.conv._ConvNd)
                                            for m in network.modules())
 

@@ -66,8 +66,9 @@ class MAML(GradientModule):
         allow_nograd: leave parameters that do not require gradients as they are.
         backend: "functional" (tasks batched on torch.func), "learn2learn" (task by task) or
             "auto": learn2learn for a convolutional learner on the CPU, functional elsewhere.
-        compile: run the meta-training loss (forward and backward) through torch.compile: worth
-            it for long runs (README, Performance); the first step compiles for minutes.
+        compile: run the functional backend's meta-training loss (forward and backward) through
+            torch.compile (auto then means functional); the first step compiles for minutes
+            (README, Performance).
     """
 
     def __init__(self, backbone: nn.Module, inner_lr: float = 0.4, first_order: bool = False,
@@ -75,6 +76,9 @@ class MAML(GradientModule):
                  backend: str = "auto", compile: bool = False, **gradient_args):
         if backend not in BACKENDS:
             raise UserError(f"algorithm.backend={backend!r} is not one of: {', '.join(BACKENDS)}")
+        if compile and backend == "learn2learn":  # its second order is autograd.grad outside
+            raise UserError("algorithm.compile=true needs algorithm.backend=functional (or auto); "
+                            "torch.compile cannot differentiate the learn2learn backend twice")
         super().__init__(backbone, **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.learner = self.wrap(self.learner)
@@ -85,7 +89,11 @@ class MAML(GradientModule):
     def backend(self) -> str:
         """The backend in use: the configured one, or what "auto" picks on the module's device."""
         configured = self.hparams.backend
-        return configured if configured != "auto" else auto_backend(self, self.learner.module, "learn2learn")
+        if configured != "auto":
+            return configured
+        if self.hparams.compile:  # what compiles
+            return "functional"
+        return auto_backend(self, self.learner.module, "learn2learn")
 
     def wrap(self, model: nn.Module) -> l2l.algorithms.BaseLearner:
         """The learn2learn wrapper that holds the learner (and clones and adapts it in the
