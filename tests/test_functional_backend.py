@@ -133,15 +133,17 @@ def test_unknown_backend_and_compiling_learn2learn_are_refused():
 def test_auto_backend_batches_where_it_is_faster(caplog):
     """auto: task by task for a convolutional learner on the CPU (bench.md: 0.6-0.8x there),
     batched for a fully connected one (2.6x) and for ANIL, whose adapted learner is a linear head
-    on a body that runs task by task anyway."""
+    on a body that runs task by task anyway; Reptile task by task on any CPU."""
     caplog.set_level("INFO", logger="metalearn.algorithms.functional")
     conv = Conv4((1, 8, 8), hidden_channels=4, num_blocks=2)
     chosen = {name: cls(copy.deepcopy(conv), output_dim=3).backend
               for name, cls in (("maml", MAML), ("metasgd", MetaSGD), ("anil", ANIL))}
     chosen["reptile"] = Reptile(copy.deepcopy(conv), output_dim=3).backend
     chosen["maml on an MLP"] = MAML(MLP((1, 8, 8), (16,)), output_dim=3).backend
+    chosen["reptile on an MLP"] = Reptile(MLP((1, 8, 8), (16,)), output_dim=3).backend
     assert chosen == {"maml": "learn2learn", "metasgd": "learn2learn", "anil": "functional",
-                      "reptile": "per_task", "maml on an MLP": "functional"}
+                      "reptile": "per_task", "maml on an MLP": "functional",
+                      "reptile on an MLP": "per_task"}
     assert "algorithm.backend=auto: the learn2learn backend on cpu" in caplog.text
 
 

@@ -208,11 +208,10 @@ def batches_fast(network: nn.Module, device: torch.device) -> bool:
                                            for m in network.modules())
 
 
-def auto_backend(module: nn.Module, network: nn.Module, task_by_task: str) -> str:
-    """What backend="auto" runs for `module` adapting `network` on the module's device:
-    "functional" where batches_fast, else the algorithm's `task_by_task` backend; said in one
-    log line whenever the choice changes."""
-    choice = "functional" if batches_fast(network, module.device) else task_by_task
+def auto_backend(module: nn.Module, batched_is_faster: bool, task_by_task: str) -> str:
+    """What backend="auto" runs for `module`: "functional" where batched_is_faster, else the
+    algorithm's `task_by_task` backend; said in one log line whenever the choice changes."""
+    choice = "functional" if batched_is_faster else task_by_task
     if getattr(module, "auto_choice", None) != choice:
         log.info("algorithm.backend=auto: the %s backend on %s", choice, module.device.type)
         module.auto_choice = choice

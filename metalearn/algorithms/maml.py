@@ -8,10 +8,11 @@ Evaluation adapts with `test_inner_steps` steps (the paper used 10 at test time,
 in training).
 
 Two backends compute the same numbers (a test holds them to 1e-8 in float64):
-- `functional` (the default): every task of a meta-batch at once, on torch.func
+- `functional`: every task of a meta-batch at once, on torch.func
   (metalearn/algorithms/functional.py);
 - `learn2learn`: learn2learn's `MAML` wrapper, `clone()` and `adapt()` task by task, kept as the
   reference. The weights live in that wrapper in both, so checkpoints are interchangeable.
+`auto` (the default) picks the faster for the network and device (functional.batches_fast).
 
 Subclasses change what is adapted (ANIL adapts the output layer on top of a shared body) and how
 (`wrap` and `update_rule`: Meta-SGD's learned rates). `allow_nograd` leaves parameters that do not
@@ -28,7 +29,14 @@ import learn2learn as l2l
 import torch
 from torch import Tensor, nn
 
-from metalearn.algorithms.functional import Stats, TaskBatchedLoop, UpdateRule, auto_backend, sgd
+from metalearn.algorithms.functional import (
+    Stats,
+    TaskBatchedLoop,
+    UpdateRule,
+    auto_backend,
+    batches_fast,
+    sgd,
+)
 from metalearn.algorithms.gradient import GradientModule
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
@@ -93,7 +101,7 @@ class MAML(GradientModule):
             return configured
         if self.hparams.compile:  # what compiles
             return "functional"
-        return auto_backend(self, self.learner.module, "learn2learn")
+        return auto_backend(self, batches_fast(self.learner.module, self.device), "learn2learn")
 
     def wrap(self, model: nn.Module) -> l2l.algorithms.BaseLearner:
         """The learn2learn wrapper that holds the learner (and clones and adapts it in the

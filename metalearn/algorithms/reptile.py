@@ -121,9 +121,13 @@ class Reptile(GradientModule):
 
     @property
     def backend(self) -> str:
-        """The backend in use: the configured one, or what "auto" picks on the module's device."""
+        """The backend in use: the configured one, or what "auto" picks on the module's device:
+        per_task on the CPU, where the batched loop was slower for Conv4 (0.8x) and for the
+        sinusoid's small MLP (Reptile's 10,000 small steps: 192 s against 123 s)."""
         configured = self.hparams.backend
-        return configured if configured != "auto" else auto_backend(self, self.learner, "per_task")
+        if configured != "auto":
+            return configured
+        return auto_backend(self, self.device.type != "cpu", "per_task")
 
     # The per-task backend ----------------------------------------------------------------------
     def fine_tune(self, x: Tensor, y: Tensor, steps: int) -> tuple[nn.Module, Tensor, Tensor]:
