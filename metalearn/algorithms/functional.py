@@ -97,8 +97,8 @@ def norms(network: nn.Module) -> list[BatchStatisticsNorm]:
 
 @dataclass
 class Functional:
-    """One network run functionally: its structure (`functional_copy`), which of its weights
-    adapt, and the buffers to run with."""
+    """One network run functionally: its structure (`functional_copy`) called with weights the
+    caller gives and the network's own buffers."""
 
     network: nn.Module
     structure: nn.Module = field(init=False)
