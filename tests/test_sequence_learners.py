@@ -1,5 +1,5 @@
-"""MANN and the NTM as meta-learners: the sequence-episode protocol, and MANN learning to use its
-memory on real Omniglot."""
+"""MANN and the NTM as meta-learners: the sequence-episode protocol, and both learning 5-way
+1-shot Omniglot with their memories."""
 
 from __future__ import annotations
 
@@ -49,12 +49,12 @@ def test_each_query_is_read_after_the_support_sequence_alone(algorithm):
 
 
 @pytest.mark.slow
-def test_mann_uses_its_memory_on_omniglot(tmp_path):
-    budget = BUDGETS["mann (lake)"]
+@pytest.mark.parametrize("name", ["mann (lake)", "ntm (lake)"])
+def test_memory_learners_learn_one_shot_omniglot(name, tmp_path):
+    budget = BUDGETS[name]
     record = train(make_config(budget.overrides, tmp_path))
     budget.check(record)
-    first = record["test_acc_presentation_1"]
-    later = [record[f"test_acc_presentation_{n}"] for n in (5, 10)]
-    # it remembers: measured (experiments/results/cpu_budgets.md) 32% at a class's 1st
-    # presentation, 58% at its 5th, 60% at its 10th
-    assert min(later) >= first + 0.15, record
+    # it remembers: a class's 2nd presentation is better than its 1st (at most chance);
+    # measured (experiments/results/cpu_budgets.md) 19% then 34% for MANN, 11% then 38% for the NTM
+    first, second = (record[f"test_acc_presentation_{n}"] for n in (1, 2))
+    assert second >= first + 0.07, record

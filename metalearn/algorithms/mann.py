@@ -18,8 +18,9 @@ class MANN(SequenceEpisodeModule):
 
     def __init__(self, backbone: nn.Module, memory_slots: int = 128, memory_width: int = 40,
                  read_heads: int = 4, controller_size: int = 200, usage_decay: float = 0.99,
-                 **base_args):
+                 key_strength: float = 10.0, **base_args):
         super().__init__(backbone, **base_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.network = MANNNetwork(self.sequence_input_size, self.output_dim, memory_slots,
-                                   memory_width, read_heads, controller_size, usage_decay)
+                                   memory_width, read_heads, controller_size, usage_decay,
+                                   key_strength)

@@ -19,9 +19,11 @@ class NTM(SequenceEpisodeModule):
 
     def __init__(self, backbone: nn.Module, memory_slots: int = 128, memory_width: int = 40,
                  read_heads: int = 4, write_heads: int = 1, controller: str = "lstm",
-                 controller_size: int = 200, shift_radius: int = 1, **base_args):
+                 controller_size: int = 200, shift_radius: int = 1,
+                 key_strength: float = 10.0, **base_args):
         super().__init__(backbone, **base_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.network = NTMNetwork(self.sequence_input_size, self.output_dim, memory_slots,
                                   memory_width, read_heads, write_heads, controller,
-                                  controller_size, shift_radius)
+                                  controller_size, shift_radius, read_first=True, tape_start=True,
+                                  key_strength=key_strength)

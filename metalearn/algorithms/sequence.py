@@ -8,7 +8,10 @@ permutes them), and the network's memory is wiped at the start of every sequence
 
 - Meta-training: the sequence is the training task's query examples, every class
   `episode.train_query_size` times in random order (the paper: 5 classes x 10 presentations).
-  The loss is the cross-entropy at every step.
+  The loss is the cross-entropy at every step. Keep the sequences long: when every class
+  appears exactly q times for a small q, the controller learns to predict late steps by counting
+  the labels it has seen, with no image memory (measured with q = 2: training accuracy about
+  45% after 1,000 steps, 5-way 1-shot accuracy 20%, chance).
 - N-way K-shot evaluation (`adapt`, what results.json reports): the support set is
   the sequence; each query is then classified as the next element (with the last support label as
   its delayed label), every query from the same state, so queries do not see each other.

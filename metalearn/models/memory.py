@@ -6,7 +6,7 @@ memory [B, N, M], head weightings [B, H, N] (H heads), head parameters [B, H, ..
 - Graves, Wayne and Danihelka 2014 (NTM), section 3: content addressing (3.3.1), interpolation,
   circular shift and sharpening (3.3.2), reading (3.1), erase then add (3.2).
 - Santoro et al. 2016 (MANN), section 3.2: least-recently-used access (usage, least-used slots,
-  write weights interpolating the previous read weights and the least-used slots).
+  write weights interpolating a head's previous location and its least-used slot).
 
 `MemoryNetwork` is the recurrent shell both machines share: a fresh state (wiped memory) at the
 start of every sequence, then one `step` per element.
@@ -14,6 +14,7 @@ start of every sequence, then one `step` per element.
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from typing import Any
 
@@ -33,6 +34,11 @@ def content_weights(memory: Tensor, keys: Tensor, strength: Tensor) -> Tensor:
     """w(i) = softmax_i(beta * cosine(k, M(i))): keys [B, H, M], strength beta [B, H] -> [B, H, N]."""
     cosine = F.normalize(keys, dim=-1, eps=EPSILON) @ F.normalize(memory, dim=-1, eps=EPSILON).mT
     return F.softmax(strength.unsqueeze(-1) * cosine, dim=-1)
+
+
+def inverse_softplus(value: float) -> float:
+    """x with softplus(x) = value > 0: the bias that starts a key strength at `value`."""
+    return value + math.log(-math.expm1(-value))
 
 
 def interpolate(content: Tensor, previous: Tensor, gate: Tensor) -> Tensor:
@@ -77,21 +83,26 @@ def update_usage(usage: Tensor, decay: float, read_weights: Tensor, write_weight
 
 
 def least_used(usage: Tensor, count: int) -> Tensor:
-    """w^lu(i) = 1 for the `count` slots of smallest usage, else 0: [B, N]."""
-    slots = usage.topk(count, dim=-1, largest=False).indices
-    return torch.zeros_like(usage).scatter_(-1, slots, 1.0)
+    """w^lu per head: head h gets the slot of (h+1)-th smallest usage, [B, N] -> [B, count, N].
+
+    The paper's w^lu marks all `count` least-used slots for every head, so with several heads
+    each of those slots receives the sum of all heads' keys and they hold the same vector; one
+    slot per head (as tristandeleu/ntm-one-shot does) keeps the heads' writes apart.
+    """
+    slots = usage.topk(count, dim=-1, largest=False).indices  # ascending usage
+    return F.one_hot(slots, usage.shape[-1]).to(usage.dtype)
 
 
-def lru_write_weights(previous_read: Tensor, previous_least_used: Tensor, gate: Tensor) -> Tensor:
-    """w^w_t = sigmoid(alpha) w^r_{t-1} + (1 - sigmoid(alpha)) w^lu_{t-1}; gate = sigmoid(alpha)
-    [B, H], previous_read [B, H, N], previous_least_used [B, N]."""
-    return interpolate(previous_read, previous_least_used.unsqueeze(1), gate)
+def lru_write_weights(previous: Tensor, least_used_slots: Tensor, gate: Tensor) -> Tensor:
+    """w^w_t = sigmoid(alpha) w^prev + (1 - sigmoid(alpha)) w^lu_{t-1}; gate = sigmoid(alpha)
+    [B, H]; previous (the paper: the previous read weights) and least_used_slots [B, H, N]."""
+    return interpolate(previous, least_used_slots, gate)
 
 
-def clear_least_used_slot(memory: Tensor, usage: Tensor) -> Tensor:
-    """Zeroes the slot of smallest usage, which MANN does before each write."""
-    slot = F.one_hot(usage.argmin(-1), memory.shape[1]).to(memory.dtype)  # [B, N]
-    return memory * (1 - slot).unsqueeze(-1)
+def clear_slots(memory: Tensor, slots: Tensor) -> Tensor:
+    """Zeroes the slots marked in `slots` [B, H, N] (one-hot per head), as MANN clears the
+    least-used slots before writing to them."""
+    return memory * (1 - slots.amax(1)).unsqueeze(-1)
 
 
 # The recurrent shell ------------------------------------------------------------------------------
