@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # building imports Lightning only through the classes it inst
 #: the constructor arguments the builder passes, by config group
 INJECTED_ARGUMENTS = {
     "backbone": ("input_shape",),
-    "episode": ("tasks",),
-    "algorithm": ("backbone", "task_type", "output_dim"),
+    "episode": ("tasks", "pretraining_batch_size"),
+    "algorithm": ("backbone", "task_type", "output_dim", "train_classes"),
 }
 #: groups whose keys are constructor arguments of their `_target_`
 BUILT_GROUPS = ("dataset", "backbone", "episode", "algorithm")
@@ -138,16 +138,26 @@ def build(cfg: DictConfig, model: nn.Module | None = None,
         tasks = instantiate_checked(cfg.dataset)
     check_algorithm_fits(cfg, tasks)
     check_episode_fits(cfg, tasks)
-    datamodule = instantiate(cfg.episode, tasks=tasks)
     if model is not None and cfg.backbone._target_ != USER_BACKBONE:
         raise UserError(f"this config's backbone is {component_name(cfg.backbone)}, not a "
                         "user-defined network; build it without model=")
     backbone_args = {"model": model} if model is not None else {}
     backbone = instantiate_checked(cfg.backbone, input_shape=tasks.input_shape, **backbone_args)
     output_dim = cfg.episode.n_way if tasks.task_type == "classification" else tasks.output_dim
+    data_args = {}
+    if "train_classes" in accepted_arguments(get_object(cfg.algorithm._target_)):
+        data_args["train_classes"] = tasks.num_classes("train")  # what pre-training classifies
     algorithm = instantiate_checked(cfg.algorithm, backbone=backbone, task_type=tasks.task_type,
-                                    output_dim=output_dim)
-    return datamodule, algorithm
+                                    output_dim=output_dim, **data_args)
+    return build_datamodule(cfg, tasks, algorithm), algorithm
+
+
+def build_datamodule(cfg: DictConfig, tasks: TaskFamily,
+                     algorithm: EpisodicModule) -> EpisodicDataModule:
+    """The episode config's data module for `tasks`; an algorithm that pre-trains on examples
+    (the fine-tuning baselines) gets batches of meta-train examples to train on."""
+    batch_size = algorithm.batch_size if algorithm.trains_on_examples else None
+    return instantiate(cfg.episode, tasks=tasks, pretraining_batch_size=batch_size)
 
 
 def instantiate_all(nodes: DictConfig | None) -> list[Any]:

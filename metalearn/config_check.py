@@ -24,11 +24,13 @@ POSITIVE_INTS = (
     "algorithm.embedding_dim", "algorithm.processing_steps", "algorithm.relation_channels",
     "algorithm.hidden_units", "algorithm.memory_slots", "algorithm.memory_width",
     "algorithm.read_heads", "algorithm.write_heads", "algorithm.controller_size",
-    "algorithm.meta_hidden_size", "num_epochs", "eval_frequency", "save_frequency",
+    "algorithm.meta_hidden_size", "algorithm.batch_size", "algorithm.finetune_epochs",
+    "algorithm.finetune_batch_size", "num_epochs", "eval_frequency", "save_frequency",
     "dataset.image_size", "backbone.hidden_channels", "backbone.num_blocks",
 )
 # keys that must be numbers > 0 wherever they are set (null leaves gradient clipping off)
 POSITIVE_FLOATS = ("algorithm.outer_lr", "algorithm.inner_lr", "algorithm.cosine_scale",
+                   "algorithm.finetune_lr", "algorithm.scale", "algorithm.distill_temperature",
                    "algorithm.scheduler.gamma", "trainer.gradient_clip_val")
 
 

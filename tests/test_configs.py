@@ -41,7 +41,7 @@ def supported_pairs() -> list[tuple[str, str]]:
 
 
 def test_every_algorithm_and_dataset_has_a_config():
-    assert len(ALGORITHMS) == 13 and set(DATASETS) <= set(config_choices("dataset"))
+    assert len(ALGORITHMS) == 16 and set(DATASETS) <= set(config_choices("dataset"))
     regression = [algorithm for algorithm, dataset in supported_pairs() if dataset == "sinusoid"]
     assert regression == ["fomaml", "maml", "metasgd", "reptile"]
 
@@ -120,7 +120,7 @@ def test_each_hyperparameter_search_builds_at_the_ends_of_its_space(search, tmp_
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_fast_dev_run_of_each_algorithm(algorithm, tmp_path):
     """One meta-training step, one validation and one test batch of each algorithm's default
-    config (2 tasks a step and a smaller Conv4 where it has one, to keep 13 runs short)."""
+    config (2 tasks a step and a smaller Conv4 where it has one, to keep 16 runs short)."""
     overrides = [f"algorithm={algorithm}", "debug=fdr", "episode.eval_batch_size=2",
                  "episode.meta_batch_size=2"]
     if make_config(overrides, tmp_path).backbone.get("hidden_channels"):

@@ -6,10 +6,11 @@ import logging
 import math
 from collections.abc import Callable
 
+import torch
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from metalearn.data.episodes import TaskBatch, TaskShape, seeded_generator
+from metalearn.data.episodes import ExampleBatch, TaskBatch, TaskShape, seeded_generator
 from metalearn.data.task_family import SPLITS, TaskFamily
 from metalearn.errors import UserError
 
@@ -40,6 +41,49 @@ class TaskStream(Dataset):
         if self.world_size == 1:
             return batch
         return TaskBatch(*(part[self.rank::self.world_size] for part in batch))
+
+
+#: seeds the stream of pre-training batches apart from the task streams (SPLITS' indices)
+EXAMPLE_STREAM = len(SPLITS)
+
+
+class ExampleStream(Dataset):
+    """Item i is a batch of `batch_size` meta-train examples with their class indices: the
+    supervised pre-training of the fine-tuning baselines (baseline, baseline_pp, rfs).
+
+    Passes over the examples follow each other, each in its own order: item i is part i % n of
+    pass i // n, in the order seeded_generator(seed, EXAMPLE_STREAM, pass) draws (and
+    augmentation from a generator of its own), so any item can be regenerated alone, as in
+    TaskStream. With several processes, every rank keeps its share of the batch.
+    """
+
+    def __init__(self, tasks: TaskFamily, batch_size: int, seed: int, length: int,
+                 rank: int = 0, world_size: int = 1):
+        self.tasks, self.batch_size, self.seed, self.length = tasks, batch_size, seed, length
+        self.rank, self.world_size = rank, world_size
+        self.examples = tasks.num_examples("train")
+        self.order: tuple[int, torch.Tensor] | None = None  # (pass, its order), the last drawn
+
+    @property
+    def items_per_pass(self) -> int:
+        return math.ceil(self.examples / self.batch_size)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def pass_order(self, index: int) -> torch.Tensor:
+        epoch = index // self.items_per_pass
+        if self.order is None or self.order[0] != epoch:
+            generator = seeded_generator(self.seed, EXAMPLE_STREAM, epoch)
+            self.order = epoch, torch.randperm(self.examples, generator=generator)
+        return self.order[1]
+
+    def __getitem__(self, index: int) -> ExampleBatch:
+        start = index % self.items_per_pass * self.batch_size
+        rows = self.pass_order(index)[start:start + self.batch_size]
+        rows = rows[self.rank::self.world_size].contiguous()
+        generator = seeded_generator(self.seed, EXAMPLE_STREAM, index, self.rank)
+        return self.tasks.labelled_examples("train", rows, generator)
 
 
 class EpochSampler(Sampler[int]):
@@ -121,14 +165,21 @@ class EpisodicDataModule(LightningDataModule):
         seed: seeds the meta-training stream.
         eval_batch_size: episodes per validation/test step (speed only; the episodes stay the same).
         num_workers: DataLoader workers.
+        pretraining_batch_size: set (by the builder) for the algorithms that pre-train on
+            meta-train examples rather than tasks (`trains_on_examples`): the examples per
+            training step, an epoch then being one pass over the meta-train examples; the
+            episode settings of meta-training (meta_batch_size, num_tasks, train_n_way,
+            train_query_size) then play no part.
     """
 
     def __init__(self, tasks: TaskFamily, n_way: int = 5, k_shot: int = 1, query_size: int = 15,
                  train_n_way: int | None = None, train_query_size: int | None = None,
                  meta_batch_size: int = 1, num_tasks: int = 1000, val_episodes: int = 100,
                  test_episodes: int = 600, eval_seed: int = 0, seed: int = 0,
-                 eval_batch_size: int = 8, num_workers: int = 0):
+                 eval_batch_size: int = 8, num_workers: int = 0,
+                 pretraining_batch_size: int | None = None):
         super().__init__()
+        self.pretraining_batch_size = pretraining_batch_size
         self.tasks = tasks
         self.n_way, self.k_shot, self.query_size = n_way, k_shot, query_size
         self.train_n_way = train_n_way or n_way
@@ -137,14 +188,17 @@ class EpisodicDataModule(LightningDataModule):
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
         self.eval_seed, self.seed = eval_seed, seed
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
-        if num_tasks % meta_batch_size:
+        if num_tasks % meta_batch_size and pretraining_batch_size is None:
             log.warning("episode.num_tasks=%d is not a whole number of meta-batches of %d: an epoch "
                         "is %d outer steps (%d tasks)", num_tasks, meta_batch_size,
                         self.steps_per_epoch, self.steps_per_epoch * meta_batch_size)
 
     @property
     def steps_per_epoch(self) -> int:
-        """Outer steps per epoch: episode.num_tasks in whole meta-batches, rounded up."""
+        """Outer steps per epoch: episode.num_tasks in whole meta-batches, rounded up (in
+        pre-training: batches of a pass over the meta-train examples)."""
+        if self.pretraining_batch_size is not None:
+            return math.ceil(self.tasks.num_examples("train") / self.pretraining_batch_size)
         return math.ceil(self.num_tasks / self.meta_batch_size)
 
     def ranks(self) -> tuple[int, int]:
@@ -154,6 +208,12 @@ class EpisodicDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self.ranks()
+        if self.pretraining_batch_size is not None:
+            stream = ExampleStream(self.tasks, self.pretraining_batch_size, self.seed,
+                                   self.steps_per_epoch, rank, world_size)
+            return ResumableLoader(stream, self.train_items_done, batch_size=None,
+                                   sampler=EpochSampler(self.steps_per_epoch),
+                                   num_workers=self.num_workers)
         if self.meta_batch_size % world_size:
             raise UserError(
                 f"algorithm.meta_batch_size={self.meta_batch_size} cannot be split evenly over "

@@ -72,6 +72,14 @@ class TaskBatch(NamedTuple):
         return cls(*(torch.cat(parts) for parts in zip(*batches)))
 
 
+class ExampleBatch(NamedTuple):
+    """Examples with their classes' indices among all the split's classes: a step of the
+    supervised pre-training of the fine-tuning baselines, which train on examples, not tasks."""
+
+    x: Tensor
+    y: Tensor
+
+
 def seeded_generator(*seeds: int) -> torch.Generator:
     """A CPU generator whose state is a fixed function of the given integers.
 

@@ -10,8 +10,10 @@ from torch import Tensor
 
 from metalearn.data.episodes import (
     ClassExamples,
+    ExampleBatch,
     TaskBatch,
     TaskShape,
+    gather,
     sample_classification_episodes,
 )
 from metalearn.errors import UserError
@@ -79,6 +81,20 @@ class ClassificationTaskFamily(TaskFamily):
         if split == "train" and self.augment is not None:
             batch = self.map_images(batch, lambda x: self.augment(x, generator))
         return self.map_images(batch, self.normalized)
+
+    def num_examples(self, split: str) -> int:
+        return int(self.splits[split].offsets[-1])
+
+    def labelled_examples(self, split: str, rows: Tensor,
+                          generator: torch.Generator) -> ExampleBatch:
+        """The split's examples at `rows` with their classes' indices in the split (not episodes:
+        what supervised pre-training takes), augmented as meta-training episodes are."""
+        data = self.splits[split]
+        x = gather(data.examples, rows)
+        if split == "train" and self.augment is not None:
+            x = self.augment(x, generator)
+        y = torch.searchsorted(data.offsets, rows, right=True) - 1
+        return ExampleBatch(self.normalized(x), y)
 
     def augmented_view(self, batch: TaskBatch, generator: torch.Generator) -> TaskBatch:
         """An augmented view of a sampled (normalised) batch: test-time augmentation."""
