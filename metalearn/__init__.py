@@ -8,6 +8,15 @@ from metalearn.allocator import tune_malloc
 MALLOC_SETTINGS = tune_malloc()
 logging.getLogger(__name__).debug(MALLOC_SETTINGS)
 
-from metalearn.api import AdaptedModel, MetaLearner, TaskSampler, evaluate_few_shot  # noqa: E402
+from metalearn.api import (  # noqa: E402
+    AdaptedModel,
+    MetaLearner,
+    TaskSampler,
+    compare_checkpoints,
+    compare_learners,
+    evaluate_few_shot,
+)
+from metalearn.sweeps import aggregate_seeds  # noqa: E402
 
-__all__ = ["AdaptedModel", "MetaLearner", "TaskSampler", "evaluate_few_shot"]
+__all__ = ["AdaptedModel", "MetaLearner", "TaskSampler", "aggregate_seeds", "compare_checkpoints",
+           "compare_learners", "evaluate_few_shot"]

@@ -1,4 +1,5 @@
-"""The Python API: `MetaLearner`, `TaskSampler` and `evaluate_few_shot`.
+"""The Python API: `MetaLearner`, `TaskSampler`, `evaluate_few_shot`, and the comparisons
+`compare_learners` (learners on the same episodes) and `compare_checkpoints` (compare.py).
 
 A thin face over what train.py runs. A MetaLearner composes the same config (configs/train.yaml
 with `algorithm=<name>`, hyperparameters set on the keys that hold them), builds the same
@@ -11,6 +12,7 @@ gives exactly the test episodes of train.py's default `episode.eval_seed`.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,12 +20,19 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from metalearn.build import USER_BACKBONE, build, instantiate_checked, validate
+from metalearn.build import (
+    USER_BACKBONE,
+    build,
+    build_datamodule,
+    instantiate_checked,
+    validate,
+)
 from metalearn.checkpoints import CONFIG_KEY, load_checkpoint, save_checkpoint
+from metalearn.comparison import compare
 from metalearn.compose import (
     algorithm_name,
     apply_settings,
@@ -38,7 +47,7 @@ from metalearn.data.episodes import Task, TaskBatch, TaskShape
 from metalearn.data.task_family import SPLITS, TaskFamily
 from metalearn.errors import UserError, check_whole_number
 from metalearn.loggers import end_wandb_runs
-from metalearn.statistics import mean_and_ci95
+from metalearn.statistics import mean_and_ci95, pairwise_comparisons
 from metalearn.training import make_trainer, resolve_monitor, write_config
 
 # A support or query set: {"x": inputs, "y": targets} or (inputs, targets).
@@ -226,8 +235,9 @@ class MetaLearner:
         `steps` outer updates in all, split into `epochs` epochs (default 1), each followed by
         validation on the dataset's meta-val split and a checkpoint (the best by meta-val score
         and last.ckpt, in output_dir/checkpoints). Without `steps`, the config's
-        `num_epochs` epochs of `num_tasks` tasks. The Trainer runs its own optimiser and the
-        configured learning-rate schedule. Returns the last logged metrics and the checkpoints.
+        `num_epochs` epochs of `num_tasks` tasks (for the fine-tuning baselines, steps of
+        pre-training, and epochs of at most a pass over the meta-train examples). The Trainer
+        runs its own optimiser and the configured learning-rate schedule. Returns the last logged metrics and the checkpoints.
         """
         if not isinstance(sampler, TaskSampler) or sampler.split != "train":
             raise UserError("fit takes a TaskSampler of the meta-train split (split='train')")
@@ -246,10 +256,18 @@ class MetaLearner:
                 cfg.num_epochs = epochs or 1
                 if steps % cfg.num_epochs:
                     raise UserError(f"steps={steps} is not a multiple of epochs={cfg.num_epochs}")
-                cfg.episode.num_tasks = steps // cfg.num_epochs * cfg.episode.meta_batch_size
+                if self.module.trains_on_examples:  # an epoch is a pass: stop inside it
+                    cfg.trainer.limit_train_batches = steps // cfg.num_epochs
+                else:
+                    cfg.episode.num_tasks = steps // cfg.num_epochs * cfg.episode.meta_batch_size
         validate(cfg)
         check_episode_fits(cfg, sampler.tasks)
-        datamodule = instantiate(cfg.episode, tasks=sampler.tasks)
+        datamodule = build_datamodule(cfg, sampler.tasks, self.module)
+        per_epoch = cfg.trainer.get("limit_train_batches")
+        if per_epoch and per_epoch > datamodule.steps_per_epoch:
+            raise UserError(f"steps={steps} in epochs={cfg.num_epochs} is {per_epoch} steps an "
+                            f"epoch, more than the {datamodule.steps_per_epoch} batches of a pass "
+                            f"over the meta-train examples; use more epochs")
         resolve_monitor(cfg, self.module)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         write_config(Path(cfg.paths.output_dir), resolved)
@@ -422,6 +440,11 @@ class MetaLearner:
                 f"({self.tasks.task_type}, {tuple(self.tasks.input_shape)}): pass the sampler's "
                 "dataset to MetaLearner(dataset=...)"
             )
+        if self.module.trains_on_examples and (
+                tasks.num_classes("train") != self.tasks.num_classes("train")):
+            raise UserError(f"this {self.algorithm} learner pre-trains a classifier over the "
+                            f"{self.tasks.num_classes('train')} meta-train classes of the dataset "
+                            f"it was built for; these tasks have {tasks.num_classes('train')}")
         if (tasks.task_type == "classification" and not self.module.supports_other_train_way
                 and n_way != self.module.output_dim):
             raise UserError(f"n_way={n_way}, but this {self.algorithm} learner has "
@@ -438,6 +461,14 @@ def evaluate_few_shot(learner: MetaLearner,
     every learner given the same sampler settings). From tasks (a TaskBatch or a list):
     the first `n_episodes`, which must have that shape. Regression: the mean squared error.
     """
+    return mean_and_ci95(episode_scores(learner, tasks, n_way, k_shot, n_episodes))
+
+
+def episode_scores(learner: MetaLearner,
+                   tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
+                   n_way: int = 5, k_shot: int = 1, n_episodes: int = 600) -> Tensor:
+    """Each episode's query accuracy (regression: mean squared error), in episode order, on the
+    episodes `evaluate_few_shot` takes."""
     check_whole_number("n_episodes", n_episodes)
     if isinstance(tasks, TaskSampler):
         learner.check_tasks_fit(tasks.tasks, n_way)
@@ -458,7 +489,44 @@ def evaluate_few_shot(learner: MetaLearner,
     with evaluating(module), torch.no_grad():
         scores = [module.score_episodes(learner.task_batch(episode, "tasks"))
                   for episode in episodes]
-    return mean_and_ci95(torch.cat(scores))
+    return torch.cat(scores).cpu()
+
+
+def compare_learners(learners: Sequence[MetaLearner],
+                     tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
+                     n_way: int = 5, k_shot: int = 1, n_episodes: int = 600,
+                     alpha: float = 0.05) -> dict[str, Any]:
+    """Several learners scored on the same episodes (as `evaluate_few_shot` takes them):
+    "learners", each learner's score and 95% interval by id (1, 2, ... in the given order), and
+    "pairs", each pair's paired difference, its interval, the paired t-test and Wilcoxon
+    p-values and their Holm correction over all pairs (metalearn.statistics.pairwise_comparisons).
+    """
+    if len(learners) < 2:
+        raise UserError(f"compare_learners needs two or more learners; got {len(learners)}")
+    scores = [episode_scores(learner, tasks, n_way, k_shot, n_episodes) for learner in learners]
+    rows = []
+    for number, (learner, learner_scores) in enumerate(zip(learners, scores), 1):
+        mean, ci95 = mean_and_ci95(learner_scores)
+        rows.append({"id": number, "algorithm": learner.algorithm, "score": mean, "ci95": ci95})
+    pairs = [dict(pair, a=pair["a"] + 1, b=pair["b"] + 1)
+             for pair in pairwise_comparisons(scores, alpha)]
+    return {"episodes": len(scores[0]), "alpha": alpha, "learners": rows, "pairs": pairs}
+
+
+def compare_checkpoints(paths: Sequence[str | os.PathLike], overrides: Iterable[str] = (),
+                        output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """`python compare.py ckpt_paths=[...] <overrides>`: every checkpoint on the same test
+    episodes, with the paired differences and tests; writes comparison.json and comparison.md
+    into output_dir (default: a new directory under outputs/compares/) and returns the
+    comparison."""
+    overrides = list(overrides)
+    cfg = compose_config(overrides, output_dir or ".", config_name="compare")
+    if output_dir is None:
+        cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / "compares"
+                                   / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    cfg.ckpt_paths = ([str(path) for path in paths] if isinstance(paths, (list, tuple))
+                      else paths)
+    return compare(cfg, overrides)
 
 
 # Helpers ------------------------------------------------------------------------------------------

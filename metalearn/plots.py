@@ -1,9 +1,12 @@
 """The run's learning curves (plots/learning_curves.png in its directory) and the metric history
-they are drawn from."""
+they are drawn from; eval.py's plots of the meta-test score against the number of inner steps
+(plots/adaptation_speed.png) and against the shot (plots/accuracy_by_shot.png), drawn from its
+results record."""
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from metalearn.files import atomic_write
+from metalearn.results import score_name
 
 Row = dict[str, float]  # one logging event: "step" and the metrics logged then
 
@@ -95,3 +99,62 @@ def write_learning_curves(output_dir: Path, trainer: L.Trainer) -> Path:
     path = output_dir / "plots" / "learning_curves.png"
     plot_learning_curves(logged_rows(trainer), path)
     return path
+
+
+Point = tuple[float, float, float]  # x, the mean score, the half-width of its 95% interval
+SCORE_LABELS = {"acc": "meta-test accuracy", "mse": "meta-test MSE"}
+
+
+def point(x: float, entry: Mapping, name: str) -> Point:
+    return x, entry[f"test_{name}"], entry[f"test_{name}_ci95"]
+
+
+def adaptation_speed_series(result: Mapping) -> dict[str, list[Point]]:
+    """For each shot evaluated with eval.inner_steps, "<k>-shot": (inner steps, score, CI)."""
+    name = score_name(result)
+    return {f"{shot['k_shot']}-shot": [point(e["inner_steps"], e, name) for e in shot["by_steps"]]
+            for shot in result.get("by_shot", [result]) if "by_steps" in shot}
+
+
+def shot_series(result: Mapping) -> list[Point]:
+    """(shot, score, CI) for each shot of eval.shots; empty for one shot."""
+    name = score_name(result)
+    return [point(shot["k_shot"], shot, name) for shot in result.get("by_shot", [])]
+
+
+def plot_scores(lines: Mapping[str, list[Point]], path: Path, xlabel: str, score: str,
+                title: str) -> None:
+    """Each line's score against x, with its 95% confidence band."""
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for label, points in lines.items():
+        xs, means, ci95 = zip(*points)
+        axes.plot(xs, means, marker="o", label=label)
+        axes.fill_between(xs, [m - c for m, c in zip(means, ci95)],
+                          [m + c for m, c in zip(means, ci95)], alpha=0.25)
+    axes.set(title=title, xlabel=xlabel, ylabel=f"{SCORE_LABELS[score]} (95% CI band)")
+    axes.set_xticks(sorted({x for points in lines.values() for x, _, _ in points}))
+    axes.legend()
+    with atomic_write(path) as partial:
+        figure.savefig(partial, dpi=100, format="png")
+
+
+def write_eval_plots(output_dir: Path, result: Mapping) -> list[Path]:
+    """Writes plots/adaptation_speed.png (with eval.inner_steps) and plots/accuracy_by_shot.png
+    (with two or more eval.shots) from eval.py's results record; returns the paths written."""
+    score = score_name(result)
+    title = f"{result['algorithm']} on {result['dataset']}" + (
+        f" {result['n_way']}-way" if score == "acc" else "")
+    written = []
+    by_steps = adaptation_speed_series(result)
+    if by_steps:
+        written.append(output_dir / "plots" / "adaptation_speed.png")
+        plot_scores(by_steps, written[-1], "inner steps at test time", score,
+                    f"{title}: adaptation speed")
+    by_shot = shot_series(result)
+    if by_shot:
+        written.append(output_dir / "plots" / "accuracy_by_shot.png")
+        plot_scores({f"{result['test_episodes']} test episodes per shot": by_shot}, written[-1],
+                    "shots (support examples per class)", score, f"{title}: score by shot")
+    return written

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from metalearn.data.episodes import TaskBatch
+from metalearn.errors import UserError
 from metalearn.files import atomic_write
 
 
@@ -83,3 +85,12 @@ def sinusoid_table(path: Path, functions: int = 2000, points: int = 20) -> Path:
     with atomic_write(path) as partial:
         frame.to_csv(partial, index=False)
     return path
+
+
+def user_error(function: Callable, *args) -> str:
+    """The message of the UserError that function(*args) raises, checked to be one line."""
+    with pytest.raises(UserError) as caught:
+        function(*args)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    return message

@@ -271,7 +271,7 @@ def test_spec_examples_run(tmp_path, monkeypatch):
 # Bad input: one line naming the problem ----------------------------------------------------------
 @pytest.mark.parametrize("argv,message", [
     (["--algorithm", "foo"], "error: argument --algorithm: invalid choice: 'foo' (choose from "
-                             "'anil', 'fomaml'"),
+                             "'anil', 'baseline', 'baseline_pp', 'fomaml'"),
     (["--shots", "0"], "error: argument --shots: '0' is not a whole number >= 1"),
     (["--algorithm", "prototypical", "--inner-steps", "5"],
      "error: --inner-steps does not apply to protonet (it has no inner_steps setting)"),
@@ -290,7 +290,7 @@ def test_meta_learning_py_bad_arguments_are_one_line(argv, message, capsys):
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: MetaLearner("foo"), "unknown algorithm 'foo'; choose one of: anil, fomaml, maml"),
+    (lambda: MetaLearner("foo"), "unknown algorithm 'foo'; choose one of: anil, baseline, baseline_pp, fomaml, maml"),
     (lambda: MetaLearner("maml", inner_lrr=0.1),
      "unknown hyperparameter 'inner_lrr' for maml on omniglot; valid: allow_nograd, allow_unused"),
     (lambda: MetaLearner("maml", dataset="imagenet"), "unknown dataset 'imagenet'; choose one of: "

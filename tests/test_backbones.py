@@ -9,11 +9,11 @@ import torchvision
 
 from metalearn.algorithms.protonet import ProtoNet
 from metalearn.build import build
-from metalearn.errors import UserError
 from metalearn.models.backbones import Conv4
 from metalearn.models.resnet12 import DropBlock, ResNet12
 from metalearn.models.torchvision_net import TorchvisionBackbone
 from tests.conftest import make_config
+from tests.helpers import user_error
 
 #: parameters of resnet12() in MetaOptNet's models/ResNet12_embedding.py (kjunelee/MetaOptNet
 #: at 19601591) and in RFS's models/resnet.py (WangYueFt/rfs at f8c837ba), counted with
@@ -23,14 +23,6 @@ REFERENCE_PARAMETERS = 12_424_320
 # small inputs: a second OpenMP thread only waits on the first (see conftest.one_thread)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def user_error(build_it) -> str:
-    """The message of the UserError that `build_it()` raises, checked to be one line."""
-    with pytest.raises(UserError) as caught:
-        build_it()
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 # ResNet-12

@@ -29,9 +29,9 @@ from metalearn.data.fc100 import FC100
 from metalearn.data.mini_imagenet import MiniImageNet
 from metalearn.data.task_family import SPLITS
 from metalearn.data.tiered_imagenet import TieredImageNet
-from metalearn.errors import UserError
 from metalearn.training import train
 from tests.conftest import make_config
+from tests.helpers import user_error
 
 # CIFAR-100's 20 superclasses (coarse labels, in label order) and their 5 classes each
 CIFAR100_SUPERCLASSES = {
@@ -113,14 +113,6 @@ def check_dataset(tasks, written: dict[str, dict[str, np.ndarray]]) -> None:
             assert images[name].dtype == np.uint8
             np.testing.assert_array_equal(images[name], pixels, err_msg=f"{split} {name}")
 
-
-def user_error(build_dataset) -> str:
-    """The one-line message of the UserError that building raises."""
-    with pytest.raises(UserError) as caught:
-        build_dataset()
-    message = str(caught.value)
-    assert "\n" not in message, message
-    return message
 
 
 @pytest.fixture

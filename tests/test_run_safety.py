@@ -22,6 +22,7 @@ from metalearn.errors import UserError
 from metalearn.evaluation import evaluate
 from metalearn.training import train
 from tests.conftest import ROOT, make_config
+from tests.helpers import user_error
 
 # A few seconds of meta-training.
 TINY = ["dataset.split=lake", "dataset.rotations=false", "episode.num_tasks=6", "num_epochs=1",
@@ -50,13 +51,6 @@ def strict_json(path: Path) -> dict:
         raise ValueError(f"{path} holds {constant}, which is not JSON")
     return json.loads(path.read_text(), parse_constant=refuse)
 
-
-def user_error(function, *args) -> str:
-    with pytest.raises(UserError) as caught:
-        function(*args)
-    message = str(caught.value)
-    assert "\n" not in message
-    return message
 
 
 # A run owns its directory ------------------------------------------------------------------------

@@ -17,9 +17,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from metalearn import aggregate_seeds
 from metalearn.compose import CONFIG_DIR
 from metalearn.errors import UserError
-from metalearn.sweeps import FAILED, SweepSummary, optimized_value
+from metalearn.sweeps import FAILED, SweepSummary, optimized_value, write_summary
 from tests.conftest import ROOT
 
 # A few seconds of meta-training per job on 2 CPU cores.
@@ -179,6 +180,110 @@ def test_a_sweep_stopped_by_a_bug_still_gets_its_summary(tmp_path):
     assert "Error executing job with overrides" in done.stderr
     [row] = summary_csv(sweep_dir)
     assert row["status"] == FAILED and "episode.k_shot=1" in row["overrides"]
+
+
+# Aggregation over training seeds ----------------------------------------------------------------
+T_975_1DF = 12.7062047  # the 97.5% quantile of Student's t with 1 degree of freedom
+
+
+def write_seed_job(sweep_dir: Path, num: int, overrides: list[str], record: dict | None) -> None:
+    """A job dir as Hydra leaves it, with these overrides; `record` is its results.json (None:
+    the job failed)."""
+    job_dir = sweep_dir / str(num)
+    (job_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save({"hydra": {"job": {"num": num}}}, job_dir / ".hydra/hydra.yaml")
+    OmegaConf.save(overrides, job_dir / ".hydra/overrides.yaml")
+    if record is not None:
+        (job_dir / "results.json").write_text(json.dumps(record))
+
+
+def seed_table(sweep_dir: Path) -> list[dict[str, str]]:
+    """The rows of summary.md's second table, the one over seeds, as {column: cell}."""
+    section = (sweep_dir / "summary.md").read_text().split("## Over seeds\n")[1]
+    header, separator, *rows = [line for line in section.splitlines() if line.startswith("|")]
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in (header, *rows)]
+    return [dict(zip(cells[0], row)) for row in cells[1:]]
+
+
+def test_a_sweep_over_seeds_is_summarised_per_configuration(tmp_path):
+    """Two settings x two seeds, and a third seed of one setting that failed."""
+    jobs = [(["seed=1", "episode.k_shot=1"], 0.90, 0.02),
+            (["seed=1", "episode.k_shot=5"], 0.95, 0.01),
+            (["seed=2", "episode.k_shot=1"], 0.80, 0.03),
+            (["seed=2", "episode.k_shot=5"], 0.97, 0.02),
+            (["seed=3", "episode.k_shot=5"], None, None)]
+    for num, (overrides, acc, ci95) in enumerate(jobs):
+        write_seed_job(tmp_path, num, overrides, None if acc is None else
+                       {"test_acc": acc, "test_acc_ci95": ci95, "best_val_acc": acc})
+    rows = write_summary(tmp_path)
+    assert len(rows) == len(summary_csv(tmp_path)) == 5  # the per-job table is kept
+    one, five = expected = [
+        {"configuration": "episode.k_shot=1", "seeds": 2, "failed": 0, "test_acc": 0.85,
+         "test_acc_seed_ci95": T_975_1DF * 0.1 / 2, "test_acc_episode_ci95": 0.025},
+        {"configuration": "episode.k_shot=5", "seeds": 2, "failed": 1, "test_acc": 0.96,
+         "test_acc_seed_ci95": T_975_1DF * 0.02 / 2, "test_acc_episode_ci95": 0.015}]
+    with open(tmp_path / "summary_seeds.csv", newline="") as file:
+        written = list(csv.DictReader(file))
+    assert list(written[0]) == list(one)
+    for row, hand in zip(written, expected):
+        assert row["configuration"] == hand["configuration"]
+        assert (int(row["seeds"]), int(row["failed"])) == (hand["seeds"], hand["failed"])
+        for key in ("test_acc", "test_acc_seed_ci95", "test_acc_episode_ci95"):
+            assert float(row[key]) == pytest.approx(hand[key], rel=1e-7)
+    table = seed_table(tmp_path)
+    assert table[0] == {"configuration": "episode.k_shot=1", "seeds": "2", "failed": "0",
+                        "test_acc": "0.8500", "test_acc_seed_ci95": "0.6353",
+                        "test_acc_episode_ci95": "0.0250"}
+    assert table[1]["test_acc_seed_ci95"] == "0.1271" and table[1]["failed"] == "1"
+
+    # the API: from the sweep directory, and from results records
+    assert aggregate_seeds(tmp_path) == [pytest.approx(row) for row in expected]
+    records = [{"algorithm": "maml", "k_shot": 1, "seed": seed, "test_acc": acc,
+                "test_acc_ci95": 0.02} for seed, acc in ((1, 0.90), (2, 0.80), (3, 0.70))]
+    [aggregated] = aggregate_seeds(records)
+    assert aggregated["configuration"] == "algorithm=maml k_shot=1"
+    assert aggregated["seeds"] == 3 and aggregated["test_acc"] == pytest.approx(0.8)
+    assert aggregated["test_acc_seed_ci95"] == pytest.approx(4.30265273 * 0.1 / 3 ** 0.5)
+    with pytest.raises(UserError, match="is not a sweep directory"):
+        aggregate_seeds(tmp_path / "missing")
+
+
+def test_one_seed_has_no_spread_and_a_sweep_without_seeds_no_seed_table(tmp_path):
+    write_seed_job(tmp_path / "seeds", 0, ["seed=1", "episode.k_shot=1"],
+                   {"test_mse": 0.5, "test_mse_ci95": 0.1})
+    write_summary(tmp_path / "seeds")
+    [row] = seed_table(tmp_path / "seeds")
+    assert row["test_mse_seed_ci95"] == "n/a" and row["seeds"] == "1"
+    write_seed_job(tmp_path / "plain", 0, ["episode.k_shot=1"], {"test_acc": 0.5,
+                                                                  "test_acc_ci95": 0.1})
+    write_summary(tmp_path / "plain")
+    assert "Over seeds" not in (tmp_path / "plain" / "summary.md").read_text()
+    assert not (tmp_path / "plain" / "summary_seeds.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_multirun_over_seeds_aggregates_each_setting(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    multirun(sweep_dir, "seed=1,2", "episode.k_shot=1,2")
+    by_setting: dict[str, list[dict]] = {}  # configuration: the job's overrides but the seed
+    for job in job_dirs(sweep_dir):
+        overrides = OmegaConf.load(job / ".hydra/overrides.yaml")
+        setting = " ".join(override for override in overrides if not override.startswith("seed="))
+        by_setting.setdefault(setting, []).append(results(job))
+    assert len(by_setting) == 2 and all(len(runs) == 2 for runs in by_setting.values())
+    with open(sweep_dir / "summary_seeds.csv", newline="") as file:
+        table = {row["configuration"]: row for row in csv.DictReader(file)}
+    assert table.keys() == by_setting.keys()
+    assert {row["configuration"] for row in seed_table(sweep_dir)} == table.keys()
+    for setting, (a, b) in by_setting.items():
+        assert (a["seed"], b["seed"]) == (1, 2) and a["test_acc"] != b["test_acc"]
+        row = table[setting]
+        assert row["seeds"] == "2"
+        assert float(row["test_acc"]) == pytest.approx((a["test_acc"] + b["test_acc"]) / 2)
+        spread = T_975_1DF * abs(a["test_acc"] - b["test_acc"]) / 2
+        assert float(row["test_acc_seed_ci95"]) == pytest.approx(spread, rel=1e-6)
+        assert float(row["test_acc_episode_ci95"]) == pytest.approx(
+            (a["test_acc_ci95"] + b["test_acc_ci95"]) / 2)
 
 
 # Hyperparameter search --------------------------------------------------------------------------

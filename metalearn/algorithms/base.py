@@ -61,6 +61,9 @@ class EpisodicModule(L.LightningModule):
     #: `output_layer=False`), as for algorithms that adapt a whole network; otherwise it is the
     #: embedding, and the algorithm adds what it needs on top.
     user_network_is_learner: bool = False
+    #: whether meta-training is supervised pre-training on batches of meta-train examples with
+    #: their class indices (ExampleBatch, of `batch_size` examples) rather than on tasks.
+    trains_on_examples: bool = False
 
     def __init__(
         self,
@@ -194,6 +197,8 @@ class EpisodicModule(L.LightningModule):
         self.evaluate_episodes(batch, "test", batch_idx)
 
     def on_test_epoch_end(self) -> None:
+        #: each test episode's score in episode order, for paired comparisons on the same episodes
+        self.test_scores_per_episode = self.episode_scores["test"].compute().flatten().cpu()
         self.test_results = self.report_episodes("test")
 
     def configure_optimizers(self):

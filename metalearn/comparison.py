@@ -1,0 +1,109 @@
+"""compare.py's job: several checkpoints tested on the same test episodes, each with its score,
+and every pair with its paired difference, the 95% interval of the per-episode differences, the
+paired t-test and the Wilcoxon signed-rank test, and whether the difference stays significant
+after Holm's correction over all pairs (metalearn/statistics.py).
+
+The checkpoints load as eval.py's do (their stored configs with the user's overrides); the test
+episodes are the compare config's (episode.test_episodes, episode.eval_seed), the same for all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from metalearn.config_check import component_name
+from metalearn.errors import UserError
+from metalearn.evaluation import (
+    StoredRun,
+    eval_trainer,
+    meta_test_scores,
+    stored_run,
+    tested_model,
+)
+from metalearn.results import (
+    comparison_record,
+    describe_comparison,
+    scores_record,
+    write_comparison,
+)
+from metalearn.statistics import pairwise_comparisons
+
+
+def checkpoint_paths(cfg: DictConfig) -> list[str]:
+    """ckpt_paths: a list of two or more checkpoint paths."""
+    if OmegaConf.is_missing(cfg, "ckpt_paths") or cfg.get("ckpt_paths") is None:
+        raise UserError("compare.py needs ckpt_paths=[A.ckpt,B.ckpt], two or more checkpoints "
+                        "written by train.py or the Python API")
+    paths = cfg.ckpt_paths
+    if (not isinstance(paths, ListConfig) or len(paths) < 2
+            or not all(isinstance(path, str) and path for path in paths)):
+        shown = OmegaConf.to_container(paths) if isinstance(paths, ListConfig) else paths
+        raise UserError(f"ckpt_paths={shown!r} must be a list of two or more checkpoint paths, e.g. "
+                        "ckpt_paths=[a.ckpt,b.ckpt]")
+    return list(paths)
+
+
+def significance_level(cfg: DictConfig) -> float:
+    alpha = cfg.compare.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise UserError(f"compare.alpha={alpha!r} must be a number between 0 and 1")
+    return float(alpha)
+
+
+def task_of(run: StoredRun) -> dict:
+    """What makes the test episodes and what the model takes: tasks of checkpoints compared must
+    agree in all of it."""
+    cfg = run.cfg
+    return {"dataset": component_name(cfg.dataset), "split": cfg.dataset.get("split"),
+            "n_way": cfg.episode.n_way, "k_shot": cfg.episode.k_shot,
+            "query_size": cfg.episode.query_size, "input shape": run.input_shape}
+
+
+def check_same_tasks(runs: list[StoredRun]) -> None:
+    """Refuses checkpoints whose tasks differ, naming each checkpoint's differing settings."""
+    tasks = [task_of(run) for run in runs]
+    # None: not known (a checkpoint of an earlier version stores no input shape)
+    differing = [key for key in tasks[0]
+                 if len({repr(task[key]) for task in tasks if task[key] is not None}) > 1]
+    if differing:
+        described = "; ".join(
+            f"{run.path}: " + ", ".join(f"{key} {task[key]}" for key in differing)
+            for run, task in zip(runs, tasks))
+        raise UserError(f"ckpt_paths: these checkpoints test on different tasks ({described}); "
+                        "compare checkpoints of one task shape, or set it for all "
+                        "(episode.n_way=..., episode.k_shot=..., dataset=...)")
+
+
+def compare(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
+    """Tests every checkpoint of cfg.ckpt_paths on the same test episodes; writes and returns
+    the comparison (comparison.json, comparison.md in cfg.paths.output_dir)."""
+    paths, alpha = checkpoint_paths(cfg), significance_level(cfg)
+    runs = [stored_run(path, cfg, overrides, "ckpt_paths", "compare.py") for path in paths]
+    for run in runs:  # one set of test episodes for all, whatever each was trained with
+        run.cfg.episode.test_episodes = cfg.episode.test_episodes
+        run.cfg.episode.eval_seed = cfg.episode.eval_seed
+    check_same_tasks(runs)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    tasks, checkpoints, scores = None, [], []
+    for number, run in enumerate(runs, 1):
+        # the first checkpoint's task family serves all: the same classes and images
+        datamodule, model = tested_model(run, run.cfg, tasks=tasks)
+        tasks = datamodule.tasks
+        results, per_episode = meta_test_scores(eval_trainer(run.cfg, output_dir), model,
+                                                datamodule)
+        checkpoints.append({"id": number, "algorithm": component_name(run.cfg.algorithm),
+                            "checkpoint": str(Path(run.path).resolve()),
+                            **scores_record(results)})
+        scores.append(per_episode)
+    pairs = [dict(pair, a=pair["a"] + 1, b=pair["b"] + 1)  # by id
+             for pair in pairwise_comparisons(scores, alpha)]
+    comparison = comparison_record(runs[0].cfg, checkpoints, pairs, alpha)
+    for line in describe_comparison(comparison):
+        print(line)
+    print(f"Comparison: {write_comparison(output_dir, comparison)}")
+    return comparison
