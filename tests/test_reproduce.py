@@ -1,0 +1,41 @@
+"""experiments/reproduce.py: the runs it starts and the table it writes from their results."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from metalearn.paths import project_root
+
+sys.path.insert(0, f"{project_root()}/experiments")
+import reproduce  # noqa: E402
+
+
+def test_each_row_runs_the_paper_setup_where_there_is_one_at_the_rows_shot(tmp_path):
+    maml = reproduce.run_overrides("maml", 5, "cpu10", tmp_path)
+    assert maml[0] == "experiment=maml_omniglot" and "episode.k_shot=5" in maml
+    assert "trainer.max_time=00:00:10:00" in maml and "dataset.split=vinyals" in maml
+    assert reproduce.run_overrides("anil", 1, "paper", tmp_path)[0] == "algorithm=anil"
+    assert not any("max_time" in o for o in reproduce.run_overrides("anil", 1, "paper", tmp_path))
+    assert set(reproduce.PAPER) == set(reproduce.ALGORITHMS)
+
+
+def test_the_table_gives_each_finished_run_beside_the_paper_and_the_gap(tmp_path):
+    run = tmp_path / "protonet_1shot"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(
+        {"test_acc": 0.9812, "test_acc_ci95": 0.0031, "train_steps": 2510}))
+    table = reproduce.table("cpu10", tmp_path, [1, 5])
+    row = next(line for line in table.splitlines() if line.startswith("| protonet | 1 |"))
+    assert "98.12% +- 0.31%" in row and "| 2510 |" in row and "| 98.8% |" in row
+    assert "| -0.7 |" in row  # 98.12 - 98.8
+    assert "| protonet | 5 | not run |" in table
+    assert "| ntm | 1 | not run | | - |" in table  # no published figure
+
+
+@pytest.mark.parametrize("argument", ["budget=gpu", "algorithms=maml,nope", "speed=2"])
+def test_bad_arguments_are_one_line(argument):
+    with pytest.raises(SystemExit, match="error: "):
+        reproduce.parse([argument])
