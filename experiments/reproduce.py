@@ -12,10 +12,11 @@ minutes of wall time on one core (torch and its libraries held to one thread), s
 machine runs two rows at once (`jobs=2`) and each row gets its own core; the meta-test after it
 is not counted. `budget=paper` runs each config's own schedule.
 
-Runs go to outputs/reproduction/<budget>/<algorithm>_<shot>shot/; a row whose run finished is not
-run again (rerun=true runs it anew), so the table fills up over several sittings. The table is
-written to experiments/results/reproduction_<budget>.md (cpu10: experiments/results/
-reproduction.md) from every finished run, with the date of each.
+Runs go to outputs/reproduction/<budget>/<algorithm>_<shot>shot/. As each finishes, its scores
+join experiments/results/reproduction_<budget>.json (kept in the repository) and the table,
+experiments/results/reproduction_<budget>.md (cpu10: reproduction.md), is written again from it;
+a row already there is not run again (rerun=true runs it anew), so the table fills up over
+several sittings and machines.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
@@ -89,7 +91,8 @@ def run_overrides(algorithm: str, shot: int, budget: str, run_dir: Path) -> list
             f"hydra.run.dir={run_dir}", "overwrite=true"]
 
 
-def run(algorithm: str, shot: int, budget: str, run_dir: Path, one_thread: bool) -> None:
+def run(algorithm: str, shot: int, budget: str, run_dir: Path, one_thread: bool) -> dict | None:
+    """Runs one row; its scores, or None when the run failed (its log says why)."""
     env = dict(os.environ)
     if one_thread:  # a core per run: torch, OpenMP and BLAS held to one thread
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
@@ -100,13 +103,23 @@ def run(algorithm: str, shot: int, budget: str, run_dir: Path, one_thread: bool)
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     print(f"{algorithm} {shot}-shot: {'done' if finished.returncode == 0 else 'FAILED'} "
           f"({run_dir})", flush=True)
+    if finished.returncode != 0:
+        return None
+    record = json.loads((run_dir / "results.json").read_text())
+    return {"test_acc": record["test_acc"], "test_acc_ci95": record["test_acc_ci95"],
+            "train_steps": record["train_steps"], "date": date.today().isoformat()}
 
 
 def cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%" if value < 99.5 else f"{value:.2f}%"
 
 
-def table(budget: str, out_root: Path, shots: list[int]) -> str:
+def row_key(algorithm: str, shot: int) -> str:
+    return f"{algorithm}_{shot}shot"
+
+
+def table(budget: str, records: dict[str, dict], shots: list[int]) -> str:
+    """The Markdown table of every algorithm and shot, from the finished rows' `records`."""
     lines = [f"# Reproduction: Omniglot 5-way, budget {budget}", "",
              "Written by `python experiments/reproduce.py budget=" + budget + "`. Meta-test "
              "accuracy on the vinyals split's 600 fixed test episodes (15 queries per class) with "
@@ -115,19 +128,17 @@ def table(budget: str, out_root: Path, shots: list[int]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for algorithm in ALGORITHMS:
         for shot in shots:
-            results = out_root / f"{algorithm}_{shot}shot" / "results.json"
+            record = records.get(row_key(algorithm, shot))
             paper = PAPER[algorithm][0 if shot == 1 else 1]
-            if not results.is_file():
+            if record is None:
                 lines.append(f"| {algorithm} | {shot} | not run | | {cell(paper)} | | "
                              f"{PAPER[algorithm][2]} | |")
                 continue
-            record = json.loads(results.read_text())
             ours = 100 * record["test_acc"]
             gap = "" if paper is None else f"{ours - paper:+.1f}"
-            run_date = date.fromtimestamp(results.stat().st_mtime).isoformat()
-            lines.append(f"| {algorithm} | {shot} | {ours:.2f}% +- {100 * record['test_acc_ci95']:.2f}% "
-                         f"| {record['train_steps']} | {cell(paper)} | {gap} | "
-                         f"{PAPER[algorithm][2]} | {run_date} |")
+            lines.append(f"| {algorithm} | {shot} | {ours:.2f}% +- "
+                         f"{100 * record['test_acc_ci95']:.2f}% | {record['train_steps']} | "
+                         f"{cell(paper)} | {gap} | {PAPER[algorithm][2]} | {record['date']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -136,18 +147,29 @@ def main() -> None:
     budget, jobs = settings["budget"], int(settings["jobs"])
     shots = [int(shot) for shot in settings["shots"].split(",")]
     out_root = ROOT / "outputs" / "reproduction" / budget
+    results = ROOT / "experiments" / "results"
+    records_path = results / f"reproduction_{budget}.json"
+    table_path = results / ("reproduction.md" if budget == "cpu10" else f"reproduction_{budget}.md")
+    records = json.loads(records_path.read_text()) if records_path.is_file() else {}
     pending = [(algorithm, shot) for algorithm in settings["algorithms"].split(",")
                for shot in shots
-               if settings["rerun"] == "true"
-               or not (out_root / f"{algorithm}_{shot}shot" / "results.json").is_file()]
+               if settings["rerun"] == "true" or row_key(algorithm, shot) not in records]
+    lock = threading.Lock()
+
+    def run_row(algorithm: str, shot: int) -> None:
+        record = run(algorithm, shot, budget, out_root / row_key(algorithm, shot),
+                     budget == "cpu10")
+        if record is not None:
+            with lock:  # each finished row saved at once: a stopped sitting loses no row
+                records[row_key(algorithm, shot)] = record
+                write_text(records_path, json.dumps(records, indent=1, sort_keys=True) + "\n")
+                write_text(table_path, table(budget, records, [1, 5]))
+
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for algorithm, shot in pending:
-            pool.submit(run, algorithm, shot, budget, out_root / f"{algorithm}_{shot}shot",
-                        budget == "cpu10")
-    name = "reproduction.md" if budget == "cpu10" else f"reproduction_{budget}.md"
-    path = ROOT / "experiments" / "results" / name
-    write_text(path, table(budget, out_root, [1, 5]))
-    print(f"Table: {path}")
+        for future in [pool.submit(run_row, algorithm, shot) for algorithm, shot in pending]:
+            future.result()
+    write_text(table_path, table(budget, records, [1, 5]))
+    print(f"Table: {table_path}")
 
 
 if __name__ == "__main__":

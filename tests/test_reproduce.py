@@ -22,14 +22,13 @@ def test_each_row_runs_the_paper_setup_where_there_is_one_at_the_rows_shot(tmp_p
     assert set(reproduce.PAPER) == set(reproduce.ALGORITHMS)
 
 
-def test_the_table_gives_each_finished_run_beside_the_paper_and_the_gap(tmp_path):
-    run = tmp_path / "protonet_1shot"
-    run.mkdir()
-    (run / "results.json").write_text(json.dumps(
-        {"test_acc": 0.9812, "test_acc_ci95": 0.0031, "train_steps": 2510}))
-    table = reproduce.table("cpu10", tmp_path, [1, 5])
+def test_the_table_gives_each_finished_run_beside_the_paper_and_the_gap():
+    records = {"protonet_1shot": {"test_acc": 0.9812, "test_acc_ci95": 0.0031,
+                                  "train_steps": 2510, "date": "2026-12-02"}}
+    table = reproduce.table("cpu10", records, [1, 5])
     row = next(line for line in table.splitlines() if line.startswith("| protonet | 1 |"))
     assert "98.12% +- 0.31%" in row and "| 2510 |" in row and "| 98.8% |" in row
+    assert row.endswith("| 2026-12-02 |")
     assert "| -0.7 |" in row  # 98.12 - 98.8
     assert "| protonet | 5 | not run |" in table
     assert "| ntm | 1 | not run | | - |" in table  # no published figure
@@ -39,3 +38,26 @@ def test_the_table_gives_each_finished_run_beside_the_paper_and_the_gap(tmp_path
 def test_bad_arguments_are_one_line(argument):
     with pytest.raises(SystemExit, match="error: "):
         reproduce.parse([argument])
+
+
+def test_finished_rows_are_saved_as_they_come_and_not_run_again(tmp_path, monkeypatch):
+    (tmp_path / "experiments" / "results").mkdir(parents=True)
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    ran = []
+
+    def fake_run(algorithm, shot, budget, run_dir, one_thread):
+        ran.append((algorithm, shot, one_thread))
+        return None if algorithm == "maml" else {"test_acc": 0.9, "test_acc_ci95": 0.01,
+                                                 "train_steps": 7, "date": "2026-12-02"}
+
+    monkeypatch.setattr(reproduce, "run", fake_run)
+    monkeypatch.setattr(sys, "argv", ["reproduce.py", "algorithms=protonet,maml", "shots=1"])
+    reproduce.main()
+    assert sorted(ran) == [("maml", 1, True), ("protonet", 1, True)]
+    saved = json.loads((tmp_path / "experiments/results/reproduction_cpu10.json").read_text())
+    assert list(saved) == ["protonet_1shot"]  # the failed row is left to run again
+    assert "| protonet | 1 | 90.00% +- 1.00% | 7 |" in (
+        tmp_path / "experiments/results/reproduction.md").read_text()
+    ran.clear()
+    reproduce.main()
+    assert ran == [("maml", 1, True)]
