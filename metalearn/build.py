@@ -164,4 +164,4 @@ def instantiate_all(nodes: DictConfig | None) -> list[Any]:
     """Instantiates every `_target_` node of a group such as callbacks or logger."""
     if not nodes:
         return []
-    return [instantiate(node) for node in nodes.values() if node and "_target_" in node]
+    return [instantiate_checked(node) for node in nodes.values() if node and "_target_" in node]

@@ -16,22 +16,26 @@ import reproduce  # noqa: E402
 def test_each_row_runs_the_paper_setup_where_there_is_one_at_the_rows_shot(tmp_path):
     maml = reproduce.run_overrides("maml", 5, "cpu10", tmp_path)
     assert maml[0] == "experiment=maml_omniglot" and "episode.k_shot=5" in maml
-    assert "trainer.max_time=00:00:10:00" in maml and "dataset.split=vinyals" in maml
-    assert reproduce.run_overrides("anil", 1, "paper", tmp_path)[0] == "algorithm=anil"
-    assert not any("max_time" in o for o in reproduce.run_overrides("anil", 1, "paper", tmp_path))
+    assert "callbacks.cpu_time_limit.minutes=10" in maml and "dataset.split=vinyals" in maml
+    assert reproduce.run_overrides("rfs", 1, "paper", tmp_path)[0] == "algorithm=rfs"
+    assert not any("cpu_time" in o for o in reproduce.run_overrides("rfs", 1, "paper", tmp_path))
     assert set(reproduce.PAPER) == set(reproduce.ALGORITHMS)
 
 
 def test_the_table_gives_each_finished_run_beside_the_paper_and_the_gap():
     records = {"protonet_1shot": {"test_acc": 0.9812, "test_acc_ci95": 0.0031,
-                                  "train_steps": 2510, "date": "2026-12-02"}}
+                                  "train_steps": 2510, "date": "2026-12-02", "clock": "cpu",
+                                  "setup": "experiment=protonet_omniglot"}}
     table = reproduce.table("cpu10", records, [1, 5])
     row = next(line for line in table.splitlines() if line.startswith("| protonet | 1 |"))
-    assert "98.12% +- 0.31%" in row and "| 2510 |" in row and "| 98.8% |" in row
+    assert "| `experiment=protonet_omniglot` | 98.12% +- 0.31% | 2510 | 98.8% |" in row
     assert row.endswith("| 2026-12-02 |")
     assert "| -0.7 |" in row  # 98.12 - 98.8
-    assert "| protonet | 5 | not run |" in table
-    assert "| ntm | 1 | not run | | - |" in table  # no published figure
+    assert "| protonet | 5 | | not run |" in table
+    assert "| ntm | 1 | | not run | | - |" in table  # no published figure
+    assert "wall time" not in table  # the footnote of rows stopped by the clock on the wall
+    records["protonet_1shot"]["clock"] = "wall"
+    assert "| 2510* |" in reproduce.table("cpu10", records, [1, 5])
 
 
 @pytest.mark.parametrize("argument", ["budget=gpu", "algorithms=maml,nope", "speed=2"])
@@ -48,7 +52,8 @@ def test_finished_rows_are_saved_as_they_come_and_not_run_again(tmp_path, monkey
     def fake_run(algorithm, shot, budget, run_dir, one_thread):
         ran.append((algorithm, shot, one_thread))
         return None if algorithm == "maml" else {"test_acc": 0.9, "test_acc_ci95": 0.01,
-                                                 "train_steps": 7, "date": "2026-12-02"}
+                                                 "train_steps": 7, "date": "2026-12-02",
+                                                 "setup": "algorithm=protonet"}
 
     monkeypatch.setattr(reproduce, "run", fake_run)
     monkeypatch.setattr(sys, "argv", ["reproduce.py", "algorithms=protonet,maml", "shots=1"])
@@ -56,7 +61,7 @@ def test_finished_rows_are_saved_as_they_come_and_not_run_again(tmp_path, monkey
     assert sorted(ran) == [("maml", 1, True), ("protonet", 1, True)]
     saved = json.loads((tmp_path / "experiments/results/reproduction_cpu10.json").read_text())
     assert list(saved) == ["protonet_1shot"]  # the failed row is left to run again
-    assert "| protonet | 1 | 90.00% +- 1.00% | 7 |" in (
+    assert "| protonet | 1 | `algorithm=protonet` | 90.00% +- 1.00% | 7 |" in (
         tmp_path / "experiments/results/reproduction.md").read_text()
     ran.clear()
     reproduce.main()

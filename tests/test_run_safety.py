@@ -11,12 +11,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from metalearn import MetaLearner, TaskSampler
+from metalearn import MetaLearner, TaskSampler, cpu_time
 from metalearn.compose import compose_config
 from metalearn.errors import UserError
 from metalearn.evaluation import evaluate
@@ -180,6 +181,8 @@ def test_a_non_finite_loss_names_the_last_good_checkpoint_last(tmp_path):
     (["trainer.devices=64", "trainer.accelerator=cpu"],
      f"trainer.devices=64 is more than the {os.cpu_count()} CPU cores of this machine"),
     (["dataset.image_size=100000"], "dataset.image_size=100000 needs about "),
+    (["callbacks=cpu_time_limit", "callbacks.cpu_time_limit.minutes=0"],
+     "callbacks.cpu_time_limit.minutes=0 must be a number > 0"),
 ])
 def test_a_wrong_setting_is_one_line_before_training(tmp_path, overrides, message):
     assert user_error(train, make_config([*LAKE, *overrides], tmp_path)).startswith(message)
@@ -337,6 +340,42 @@ def test_max_steps_and_max_time_are_trainer_settings(tmp_path):
     cfg = make_config([*TINY, "episode.num_tasks=50", "trainer.max_steps=3",
                        "trainer.max_time=00:00:10:00"], tmp_path)
     assert train(cfg)["train_steps"] == 3
+
+
+def test_a_cpu_time_budget_stops_training_and_a_resumed_run_spends_only_what_is_left(monkeypatch):
+    clock = [100.0]  # this process's CPU seconds
+    monkeypatch.setattr(cpu_time, "process_time", lambda: clock[0])
+    trainer = SimpleNamespace(should_stop=False, strategy=SimpleNamespace(broadcast=lambda x: x))
+    limit = cpu_time.CPUTimeLimit(minutes=1)
+    limit.on_train_start(trainer, None)
+    clock[0] = 159.0
+    limit.on_train_batch_end(trainer)
+    assert not trainer.should_stop
+    clock[0] = 160.0
+    limit.on_train_batch_end(trainer)
+    assert trainer.should_stop
+    resumed = cpu_time.CPUTimeLimit(minutes=2)
+    resumed.load_state_dict(limit.state_dict())  # 60 s spent before the checkpoint
+    trainer.should_stop, clock[0] = False, 500.0
+    resumed.on_train_start(trainer, None)
+    clock[0] = 559.0
+    resumed.on_train_batch_end(trainer)
+    assert not trainer.should_stop
+    clock[0] = 560.0
+    resumed.on_train_batch_end(trainer)
+    assert trainer.should_stop
+
+
+def test_a_run_under_a_cpu_time_budget_stops_early_and_checkpoints_the_time_spent(tmp_path):
+    cfg = make_config([*TINY, "episode.num_tasks=100000", "trainer.max_steps=2000",
+                       "callbacks=cpu_time_limit", "callbacks.cpu_time_limit.minutes=0.02"],
+                      tmp_path)
+    steps = train(cfg)["train_steps"]
+    assert 0 < steps < 2000
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    state = next(value for key, value in checkpoint["callbacks"].items()
+                 if key.startswith("CPUTimeLimit"))
+    assert state["used_s"] >= 1.2
 
 
 def test_early_stopping_ends_a_run_that_stops_improving(tmp_path):
