@@ -115,6 +115,16 @@ def seeded(rows: list[dict[str, Any]]) -> bool:
     return any(row["configuration"] != row["overrides"] for row in rows)
 
 
+def distinguishing(configurations: list[str]) -> list[str]:
+    """Each configuration without the overrides that every one of them shares (the command
+    line's fixed settings), where there are several; a lone configuration keeps them all."""
+    if len(configurations) < 2:
+        return configurations
+    shared = set.intersection(*(set(name.split()) for name in configurations))
+    return [" ".join(part for part in name.split() if part not in shared)
+            for name in configurations]
+
+
 def seed_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per configuration of job rows (with "configuration", "status" and the scores of
     results.json), in order of first appearance: how many seeds scored and how many failed, the
@@ -125,7 +135,7 @@ def seed_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for row in rows:
         groups.setdefault(row["configuration"], []).append(row)
     aggregated = []
-    for name, jobs in groups.items():
+    for name, jobs in zip(distinguishing(list(groups)), groups.values()):
         done = [job for job in jobs if job["status"] == "ok"]
         row = {"configuration": name or "(seed only)", "seeds": len(done),
                "failed": len(jobs) - len(done)}

@@ -207,16 +207,17 @@ def seed_table(sweep_dir: Path) -> list[dict[str, str]]:
 
 def test_a_sweep_over_seeds_is_summarised_per_configuration(tmp_path):
     """Two settings x two seeds, and a third seed of one setting that failed."""
-    jobs = [(["seed=1", "episode.k_shot=1"], 0.90, 0.02),
-            (["seed=1", "episode.k_shot=5"], 0.95, 0.01),
-            (["seed=2", "episode.k_shot=1"], 0.80, 0.03),
-            (["seed=2", "episode.k_shot=5"], 0.97, 0.02),
-            (["seed=3", "episode.k_shot=5"], None, None)]
+    jobs = [(["seed=1", "episode.k_shot=1", "algorithm=maml"], 0.90, 0.02),
+            (["seed=1", "episode.k_shot=5", "algorithm=maml"], 0.95, 0.01),
+            (["seed=2", "episode.k_shot=1", "algorithm=maml"], 0.80, 0.03),
+            (["seed=2", "episode.k_shot=5", "algorithm=maml"], 0.97, 0.02),
+            (["seed=3", "episode.k_shot=5", "algorithm=maml"], None, None)]
     for num, (overrides, acc, ci95) in enumerate(jobs):
         write_seed_job(tmp_path, num, overrides, None if acc is None else
                        {"test_acc": acc, "test_acc_ci95": ci95, "best_val_acc": acc})
     rows = write_summary(tmp_path)
     assert len(rows) == len(summary_csv(tmp_path)) == 5  # the per-job table is kept
+    # each configuration is named by what sets it apart: algorithm=maml, which all share, is not
     one, five = expected = [
         {"configuration": "episode.k_shot=1", "seeds": 2, "failed": 0, "test_acc": 0.85,
          "test_acc_seed_ci95": T_975_1DF * 0.1 / 2, "test_acc_episode_ci95": 0.025},
@@ -265,10 +266,12 @@ def test_one_seed_has_no_spread_and_a_sweep_without_seeds_no_seed_table(tmp_path
 def test_a_multirun_over_seeds_aggregates_each_setting(tmp_path):
     sweep_dir = tmp_path / "sweep"
     multirun(sweep_dir, "seed=1,2", "episode.k_shot=1,2")
-    by_setting: dict[str, list[dict]] = {}  # configuration: the job's overrides but the seed
+    # configuration: what sets the job apart from the others but its seed (the shot); the settings
+    # all jobs share are left out of its name
+    by_setting: dict[str, list[dict]] = {}
     for job in job_dirs(sweep_dir):
         overrides = OmegaConf.load(job / ".hydra/overrides.yaml")
-        setting = " ".join(override for override in overrides if not override.startswith("seed="))
+        setting = next(override for override in overrides if override.startswith("episode.k_shot="))
         by_setting.setdefault(setting, []).append(results(job))
     assert len(by_setting) == 2 and all(len(runs) == 2 for runs in by_setting.values())
     with open(sweep_dir / "summary_seeds.csv", newline="") as file:
