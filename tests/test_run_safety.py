@@ -346,24 +346,19 @@ def test_a_cpu_time_budget_stops_training_and_a_resumed_run_spends_only_what_is_
     clock = [100.0]  # this process's CPU seconds
     monkeypatch.setattr(cpu_time, "process_time", lambda: clock[0])
     trainer = SimpleNamespace(should_stop=False, strategy=SimpleNamespace(broadcast=lambda x: x))
+
+    def stops_at(limit: cpu_time.CPUTimeLimit, start: float, now: float) -> bool:
+        trainer.should_stop, clock[0] = False, start
+        limit.on_train_start(trainer, None)
+        clock[0] = now
+        limit.on_train_batch_end(trainer)
+        return trainer.should_stop
+
     limit = cpu_time.CPUTimeLimit(minutes=1)
-    limit.on_train_start(trainer, None)
-    clock[0] = 159.0
-    limit.on_train_batch_end(trainer)
-    assert not trainer.should_stop
-    clock[0] = 160.0
-    limit.on_train_batch_end(trainer)
-    assert trainer.should_stop
+    assert not stops_at(limit, 100.0, 159.0) and stops_at(limit, 100.0, 160.0)
     resumed = cpu_time.CPUTimeLimit(minutes=2)
     resumed.load_state_dict(limit.state_dict())  # 60 s spent before the checkpoint
-    trainer.should_stop, clock[0] = False, 500.0
-    resumed.on_train_start(trainer, None)
-    clock[0] = 559.0
-    resumed.on_train_batch_end(trainer)
-    assert not trainer.should_stop
-    clock[0] = 560.0
-    resumed.on_train_batch_end(trainer)
-    assert trainer.should_stop
+    assert not stops_at(resumed, 500.0, 559.0) and stops_at(resumed, 500.0, 560.0)
 
 
 def test_a_run_under_a_cpu_time_budget_stops_early_and_checkpoints_the_time_spent(tmp_path):
