@@ -81,8 +81,9 @@ class RunState(Callback):
 
 
 class RunCheckpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint, with two changes:
+    """Lightning's ModelCheckpoint, with three changes:
 
+    - last.ckpt is also written at the step where a SIGTERM stops the run;
     - last.ckpt is refreshed at every checkpoint time. Lightning 2.6 refreshes it only when a
       top-k checkpoint is written, so a run whose meta-val score stopped improving kept a
       last.ckpt of its last improvement, and resuming it silently trained those epochs again;
@@ -101,6 +102,14 @@ class RunCheckpoint(ModelCheckpoint):
         super()._save_topk_checkpoint(trainer, monitor_candidates)
         if self.save_last and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, monitor_candidates)
+
+    def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        # Lightning stops a run on SIGTERM (a scheduler's preemption, a kill) at the end of the
+        # step without saving: keep the step in last.ckpt first. One process only: DDP's ranks
+        # may see the signal at different steps, and saving waits for all of them.
+        if trainer.received_sigterm and self.save_last and trainer.world_size == 1:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
         if self.last_saved_at != trainer.global_step:  # Lightning may ask again for the same step

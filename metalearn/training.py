@@ -4,7 +4,8 @@ A run owns its directory (locked while it lives, refused if it holds another run
 can write its checkpoints before training, and resumes from a checkpoint as if it had never
 stopped: weights, optimiser, loops, the task stream, the metric history and the wall time. A
 non-finite loss or score stops it with one line naming the last checkpoint whose meta-val score
-was finite; it is never a result.
+was finite; it is never a result. A SIGTERM stops it with one line (and a non-zero exit status)
+after saving the step it reached, which it resumes from.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn.algorithms.base import NonFiniteError
@@ -151,6 +153,9 @@ def train(cfg: DictConfig) -> dict:
                         ckpt_path=None if ckpt_path is None else str(ckpt_path))
         except NonFiniteError as error:
             raise UserError(stop_message(error, cfg, trainer)) from None
+        except SIGTERMException:  # Lightning's graceful stop would exit with status 0
+            raise UserError(f"stopped by SIGTERM after {trainer.global_step} outer steps, before "
+                            f"the meta-test; resume with ckpt_path=last (in {output_dir})") from None
         return meta_test(cfg, trainer, model, datamodule, started)
 
 

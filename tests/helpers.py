@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -94,3 +97,15 @@ def user_error(function: Callable, *args) -> str:
     message = str(caught.value)
     assert "\n" not in message, message
     return message
+
+
+class SigtermAtStep(Callback):
+    """Sends this process SIGTERM at the end of outer step `step`, as a scheduler preempting the
+    run would (add it with +callbacks.sigterm._target_=tests.helpers.SigtermAtStep)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)

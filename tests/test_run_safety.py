@@ -102,6 +102,21 @@ def test_a_moved_run_directory_resumes_and_tests_its_own_checkpoints(tmp_path):
     assert again["test_acc"] == record["test_acc"]
 
 
+@pytest.mark.slow
+def test_a_run_stopped_by_sigterm_keeps_its_step_fails_in_one_line_and_resumes(tmp_path):
+    overrides = [*TINY, "episode.num_tasks=20", f"hydra.run.dir={tmp_path}"]
+    stopped = run_script("train.py", *overrides, "+callbacks.sigterm._target_=tests.helpers.SigtermAtStep",
+                         "+callbacks.sigterm.step=3")
+    assert one_line_error(stopped) == (
+        f"error: stopped by SIGTERM after 3 outer steps, before the meta-test; resume with "
+        f"ckpt_path=last (in {tmp_path})")
+    assert torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
+    assert not (tmp_path / "results.json").exists()
+    resumed = run_script("train.py", *overrides, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert strict_json(tmp_path / "results.json")["train_steps"] == 20
+
+
 def test_checkpoints_that_cannot_be_written_stop_the_run_before_or_as_they_fail(tmp_path,
                                                                                 monkeypatch):
     (tmp_path / "blocked").write_text("a file where a folder should be")
