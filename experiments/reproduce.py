@@ -103,11 +103,12 @@ def run(algorithm: str, shot: int, budget: str, run_dir: Path, one_thread: bool)
         finished = subprocess.run(
             [sys.executable, "train.py", *run_overrides(algorithm, shot, budget, run_dir)],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    print(f"{algorithm} {shot}-shot: {'done' if finished.returncode == 0 else 'FAILED'} "
-          f"({run_dir})", flush=True)
-    if finished.returncode != 0:
+    results = run_dir / "results.json"
+    done = finished.returncode == 0 and results.is_file()
+    print(f"{algorithm} {shot}-shot: {'done' if done else 'FAILED'} ({run_dir})", flush=True)
+    if not done:
         return None
-    record = json.loads((run_dir / "results.json").read_text())
+    record = json.loads(results.read_text())
     return {"test_acc": record["test_acc"], "test_acc_ci95": record["test_acc_ci95"],
             "train_steps": record["train_steps"], "date": date.today().isoformat(),
             "setup": run_overrides(algorithm, shot, budget, run_dir)[0],
