@@ -1,5 +1,6 @@
 """Where the project's files go: the repository root, and the `${project_root:}` resolver the
-configs use for it (configs/paths/default.yaml)."""
+configs use for it (configs/paths/default.yaml); also `${minus:a,b}`, a - b, for a setting that
+follows from another (a paper's 20 - k training queries per class at k shots)."""
 
 from __future__ import annotations
 
@@ -16,3 +17,4 @@ def project_root() -> str:
 CONFIG_DIR = Path(project_root()) / "configs"
 
 OmegaConf.register_new_resolver("project_root", project_root, replace=True)
+OmegaConf.register_new_resolver("minus", lambda a, b: a - b, replace=True)

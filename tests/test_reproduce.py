@@ -6,8 +6,12 @@ import json
 import sys
 
 import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from metalearn.build import build
 from metalearn.paths import project_root
+from tests.conftest import make_config
 
 sys.path.insert(0, f"{project_root()}/experiments")
 import reproduce  # noqa: E402
@@ -20,6 +24,20 @@ def test_each_row_runs_the_paper_setup_where_there_is_one_at_the_rows_shot(tmp_p
     assert reproduce.run_overrides("rfs", 1, "paper", tmp_path)[0] == "algorithm=rfs"
     assert not any("cpu_time" in o for o in reproduce.run_overrides("rfs", 1, "paper", tmp_path))
     assert set(reproduce.PAPER) == set(reproduce.ALGORITHMS)
+
+
+def test_every_row_is_a_config_that_builds_on_omniglot(tmp_path):
+    """Each algorithm's setup at each shot passes every check train.py makes before training
+    (5-shot rows of 1-shot paper setups once asked for more examples than a class holds)."""
+    task_families = {}  # one per distinct dataset node
+    for algorithm in reproduce.ALGORITHMS:
+        for shot in (1, 5):
+            overrides = reproduce.run_overrides(algorithm, shot, "cpu10", tmp_path)
+            cfg = make_config([o for o in overrides if not o.startswith("hydra.")], tmp_path)
+            key = OmegaConf.to_yaml(cfg.dataset)
+            if key not in task_families:
+                task_families[key] = instantiate(cfg.dataset)
+            build(cfg, tasks=task_families[key])  # raises a UserError naming what does not fit
 
 
 def test_the_table_gives_each_finished_run_beside_the_paper_and_the_gap():
