@@ -172,7 +172,9 @@ def main() -> None:
                      budget == "cpu10")
         if record is not None:
             with lock:  # each finished row saved at once: a stopped sitting loses no row
-                records[row_key(algorithm, shot)] = record
+                # read again: another sitting may have saved rows since (its rows are kept)
+                saved = json.loads(records_path.read_text()) if records_path.is_file() else {}
+                records.update(saved, **{row_key(algorithm, shot): record})
                 write_text(records_path, json.dumps(records, indent=1, sort_keys=True) + "\n")
                 write_text(table_path, table(budget, records, [1, 5]))
 

@@ -84,3 +84,15 @@ def test_finished_rows_are_saved_as_they_come_and_not_run_again(tmp_path, monkey
     ran.clear()
     reproduce.main()
     assert ran == [("maml", 1, True)]
+
+    # a row another sitting saves while this one runs is kept
+    def run_beside_another_sitting(algorithm, shot, budget, run_dir, one_thread):
+        records_path.write_text(json.dumps({**saved, "rfs_1shot": saved["protonet_1shot"]}))
+        return fake_run(algorithm, shot, budget, run_dir, one_thread)
+
+    records_path = tmp_path / "experiments/results/reproduction_cpu10.json"
+    monkeypatch.setattr(reproduce, "run", run_beside_another_sitting)
+    monkeypatch.setattr(sys, "argv", ["reproduce.py", "algorithms=protonet", "shots=5"])
+    reproduce.main()
+    assert sorted(json.loads(records_path.read_text())) == [
+        "protonet_1shot", "protonet_5shot", "rfs_1shot"]
