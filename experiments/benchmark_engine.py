@@ -10,14 +10,16 @@
    against metalearn under its own settings (metalearn/allocator.py) and under the system's
    (METALEARN_SYSTEM_MALLOC=1), for ProtoNet 20-way 5-shot and MAML on Conv4; and Conv4's first
    two layers' forward GFLOP/s under both.
-4. Peak memory (RSS) of second-order MAML steps, by contender and inner steps.
+4. Peak memory (RSS) and step time of second-order MAML steps, by backend, shots and inner
+   steps, with and without recomputing the inner steps (checkpoint_inner_steps).
 5. Meta-training tasks per second through train.py (Lightning included) for every algorithm, and
    the sampler's share of a step; seconds per test episode (batches of 8, as train.py tests).
 
 Contenders alternate within each repeat; each row gives the ratio of the plain loop's time to
 metalearn's as min / median / max over the repeats (above 1: metalearn is faster).
     python experiments/benchmark_engine.py [--repeats 5] [--no-compile] [--quick]
-writes experiments/results/bench.md.
+        [--only memory ...]
+writes experiments/results/bench.md (--only: those sections of it, the others kept).
 """
 
 from __future__ import annotations
@@ -233,20 +235,24 @@ for layer, x in ((first, torch.rand(400, 1, 28, 28)), (second, torch.rand(400, 6
     rates.append(flops * 20 / (time.perf_counter() - started) / 1e9)
 print(*rates)
 """,
-    # resident memory before the first step and at its peak over two steps (MiB); VmHWM, as
-    # getrusage's ru_maxrss keeps the parent's peak across exec
+    # resident memory before the first step and at its peak over two steps (MiB), VmHWM, as
+    # getrusage's ru_maxrss keeps the parent's peak across exec; and the seconds of the second
+    # step. "recomputed": the functional backend with checkpoint_inner_steps
     "memory": """
-import re, sys, torch
+import re, sys, time, torch
 from metalearn.api import MetaLearner, TaskSampler
 def status(key):
     return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read())[1]) / 1024
-backend, steps = sys.argv[1], int(sys.argv[2])
-batch = TaskSampler("omniglot", n_way=5, k_shot=1, query_size=15, seed=0).sample(32)
-learner = MetaLearner("maml", inner_steps=steps, backend=backend)
+backend, steps, shots = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+batch = TaskSampler("omniglot", n_way=5, k_shot=shots, query_size=15, seed=0).sample(32)
+settings = ({"backend": "functional", "checkpoint_inner_steps": True}
+            if backend == "recomputed" else {"backend": backend})
+learner = MetaLearner("maml", k_shot=shots, inner_steps=steps, **settings)
 before = status("VmRSS")
-for _ in range(2):
-    learner.meta_train_step(batch)
-print(before, status("VmHWM"))
+learner.meta_train_step(batch)
+started = time.perf_counter()
+learner.meta_train_step(batch)
+print(before, status("VmHWM"), time.perf_counter() - started)
 """,
 }
 
@@ -290,13 +296,16 @@ def allocator_rows(repeats: int) -> list[str]:
 
 
 def memory_rows(quick: bool) -> list[str]:
-    lines = ["| MAML second order, Conv4, 32 tasks | backend | RSS before (MiB) | "
-             "peak RSS (MiB) | peak - before |", "|---|---|---|---|---|"]
-    for steps in (1,) if quick else (1, 5):
-        for backend in ("functional", "learn2learn"):
-            before, peak = probe("memory", backend, str(steps))
-            lines.append(f"| {steps} inner step{'s' * (steps > 1)} | {backend} | {before:,.0f} | "
-                         f"{peak:,.0f} | {peak - before:,.0f} |")
+    """Each contender in a fresh process: the batched functional backend, learn2learn's task by
+    task, and the functional backend recomputing the inner steps (checkpoint_inner_steps)."""
+    lines = ["| MAML second order, Conv4, 32 tasks, 15 queries | backend | RSS before (MiB) | "
+             "peak RSS (MiB) | peak - before | step (s) |", "|---|---|---|---|---|---|"]
+    for shots, steps in ((1, 1),) if quick else ((1, 1), (1, 5), (1, 10), (5, 10)):
+        # the batched backend's peak is several times the others' (5-shot: beyond this machine)
+        for backend in ("functional", "learn2learn", "recomputed")[shots > 1:]:
+            before, peak, seconds = probe("memory", backend, str(steps), str(shots))
+            lines.append(f"| {shots}-shot, {steps} inner step{'s' * (steps > 1)} | {backend} | "
+                         f"{before:,.0f} | {peak:,.0f} | {peak - before:,.0f} | {seconds:.2f} |")
             print(lines[-1], flush=True)
     return lines
 
@@ -353,21 +362,27 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled column "
                         "(compiling takes minutes)")
     parser.add_argument("--quick", action="store_true", help="a few rows, to try the script")
+    parser.add_argument("--only", choices=["maml", "protonet", "allocator", "memory", "train"],
+                        nargs="+", help="run these sections and replace them in the results")
     parser.add_argument("--output", type=Path, default=None,
                         help="default: experiments/results/bench.md (--quick: print only)")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     batch = TaskSampler("omniglot", n_way=5, k_shot=1, query_size=15, seed=0).sample(32)
-    sections = [
-        ("Meta-training steps: the MAML family against a plain learn2learn loop",
-         maml_rows(batch, repeats, not args.no_compile and not args.quick, args.quick)),
-        ("ProtoNet against a plain PyTorch step", protonet_rows(repeats)),
-        ("In fresh processes: the plain loops as a user runs them, and the allocator",
-         allocator_rows(2 if args.quick else 3)),
-        ("Peak memory", memory_rows(args.quick)),
-        ("Every algorithm through train.py (Omniglot 5-way 1-shot, its default config)",
-         train_rows(4 if args.quick else 10, ALGORITHMS[:2] if args.quick else ALGORITHMS)),
-    ]
+    sections = {  # name: (title, what measures it)
+        "maml": ("Meta-training steps: the MAML family against a plain learn2learn loop",
+                 lambda: maml_rows(batch, repeats, not args.no_compile and not args.quick,
+                                   args.quick)),
+        "protonet": ("ProtoNet against a plain PyTorch step", lambda: protonet_rows(repeats)),
+        "allocator": ("In fresh processes: the plain loops as a user runs them, and the allocator",
+                      lambda: allocator_rows(2 if args.quick else 3)),
+        "memory": ("Peak memory", lambda: memory_rows(args.quick)),
+        "train": ("Every algorithm through train.py (Omniglot 5-way 1-shot, its default config)",
+                  lambda: train_rows(4 if args.quick else 10,
+                                     ALGORITHMS[:2] if args.quick else ALGORITHMS)),
+    }
+    measured = {name: (title, measure()) for name, (title, measure) in sections.items()
+                if not args.only or name in args.only}
     machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
                f"torch {torch.__version__}, learn2learn {l2l.__version__}")
@@ -376,9 +391,20 @@ def main() -> None:
             "Ratios are the reference's time over metalearn's, min / median / max over "
             f"{repeats} alternating rounds (above 1: metalearn is faster). Reproduce: "
             "`make bench` or `python experiments/benchmark_engine.py`."]
-    for title, lines in sections:
-        text += ["", f"## {title}", "", *lines]
     output = args.output or (None if args.quick else RESULTS)
+    if args.only and output is not None and output.is_file():
+        # the other sections as the file has them, each under its "## title"
+        kept_header, *kept = output.read_text().split("\n## ")
+        kept_header = kept_header.rstrip().splitlines()
+        previous = {part.split("\n", 1)[0]: part.split("\n", 1)[1].strip().splitlines()
+                    for part in kept}
+        text = kept_header  # the full run's date and machine
+        measured = {name: (title, [f"Measured {date.today().isoformat()} (`--only {name}`, "
+                                   f"{torch.get_num_threads()} torch threads).", "",
+                                   *measured[name][1]]) if name in measured
+                    else (title, previous.get(title, [])) for name, (title, _) in sections.items()}
+    for title, lines in measured.values():
+        text += ["", f"## {title}", "", *lines]
     if output is None:
         print("\n".join(text))
         return

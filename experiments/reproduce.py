@@ -128,7 +128,9 @@ def table(budget: str, records: dict[str, dict], shots: list[int]) -> str:
     lines = [f"# Reproduction: Omniglot 5-way, budget {budget}", "",
              "Written by `python experiments/reproduce.py budget=" + budget + "`. Meta-test "
              "accuracy on the vinyals split's 600 fixed test episodes (15 queries per class) with "
-             "its 95% CI; outer steps reached; the paper's figure and the gap (ours - paper). "
+             "its 95% CI, of the checkpoint of best meta-validation accuracy (validated at the "
+             "end of each epoch: it can be older than the last step); outer steps reached; the "
+             "paper's figure and the gap (ours - paper). "
              "Rows stop at a fixed budget, not at convergence: read the gap beside the outer "
              "steps (a setup whose step costs more, such as second-order MAML at 5 shots, gets "
              "fewer of them).",

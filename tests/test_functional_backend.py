@@ -65,6 +65,58 @@ def test_meta_training_step_matches_learn2learn(name):
         [int(b) for b in reference.buffers() if not b.dtype.is_floating_point]
 
 
+@pytest.mark.parametrize("name", ["maml", "metasgd", "anil"])
+def test_recomputed_inner_steps_match_learn2learn(name):
+    """checkpoint_inner_steps: the same meta-loss, meta-gradient and running averages as the
+    stored inner steps of learn2learn."""
+    functional, reference = backend_pair(name, checkpoint_inner_steps=True)
+    reference.hparams.checkpoint_inner_steps = False
+    batch = make_batch("classification")
+    loss, gradient = meta_step(functional, batch)
+    expected_loss, expected_gradient = meta_step(reference, batch)
+    assert abs(loss.item() - expected_loss.item()) < TOLERANCE * abs(expected_loss.item())
+    assert relative_error(gradient, expected_gradient) < TOLERANCE
+    buffers, expected = ([b for b in m.buffers() if b.dtype.is_floating_point]
+                         for m in (functional, reference))
+    assert relative_error(buffers, expected) < TOLERANCE
+
+
+def saved_for_backward(model: MAML, batch: TaskBatch, steps: int) -> int:
+    """Bytes of the distinct tensors autograd keeps, outside checkpointed regions, for the
+    backward pass of a meta-training loss of `steps` inner steps."""
+    model.inner_steps = steps
+    kept = {}
+
+    def pack(tensor):
+        kept[tensor.data_ptr(), tensor.dtype, tuple(tensor.shape)] = tensor.nbytes
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model.meta_train_loss(batch)
+    return sum(kept.values())
+
+
+def test_recomputed_inner_steps_keep_no_activations():
+    """What the backward pass keeps grows with the inner steps when they are stored (learn2learn
+    backend) and not when they are recomputed."""
+    recomputing, storing = backend_pair("maml", checkpoint_inner_steps=True)
+    storing.hparams.checkpoint_inner_steps = False
+    batch = make_batch("classification")
+    kept = {steps: (saved_for_backward(storing, batch, steps),
+                    saved_for_backward(recomputing, batch, steps)) for steps in (1, 5)}
+    assert kept[5][0] > 2.5 * kept[1][0]  # each stored step keeps its activations
+    assert kept[5][1] == kept[1][1] < kept[1][0]
+
+
+def test_recomputing_needs_second_order_and_the_functional_backend():
+    conv = Conv4((1, 8, 8), hidden_channels=4, num_blocks=2)
+    with pytest.raises(UserError, match="first_order=true keeps none"):
+        MAML(conv, first_order=True, checkpoint_inner_steps=True, output_dim=3)
+    with pytest.raises(UserError, match="checkpoint_inner_steps=true needs algorithm.backend="):
+        MAML(conv, backend="learn2learn", checkpoint_inner_steps=True, output_dim=3)
+    assert MAML(conv, checkpoint_inner_steps=True, output_dim=3).backend == "functional"
+
+
 @pytest.mark.parametrize("name", ALGORITHMS)
 @pytest.mark.parametrize("transductive", [True, False])
 def test_evaluation_matches_learn2learn(name, transductive):

@@ -19,6 +19,12 @@ pass, task after task); in eval mode they use the running averages.
 
 A network that vmap cannot batch (an operation without a batching rule) is run task by task
 through the same function, after one warning line.
+
+Recomputing inner steps (`recompute=True`, MAML's `checkpoint_inner_steps`): second-order
+meta-gradients keep every inner step's activations and gradient graph until the outer backward
+pass. Instead, each step runs task by task under `torch.utils.checkpoint`, which keeps only the
+step's input weights and runs the step again during the backward pass; torch.func's transforms
+refuse its saved-tensor hooks, so these steps take their gradients with `torch.autograd.grad`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.utils.checkpoint import checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -239,10 +246,12 @@ class TaskBatchedLoop:
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int,
               rule: Callable[[], UpdateRule], first_order: bool, training: bool,
-              adapted_names: set[str] | None = None) -> Adaptation:
+              adapted_names: set[str] | None = None, recompute: bool = False) -> Adaptation:
         """Adapts to each task of support [T, S, ...] in `steps` steps of a fresh rule():
         the adapted weights [T, ...], the batch statistics the support passes reported (when
-        training), and the last step's loss [T] and outputs [T, S, ...] (before its update)."""
+        training), and the last step's loss [T] and outputs [T, S, ...] (before its update).
+        `recompute` (second order, a stateless rule): each step's activations are recomputed
+        in the backward pass instead of kept, task by task."""
         weights = self.model.weights()
         adapted = {name: w for name, w in weights.items()
                    if adapted_names is None or name in adapted_names}
@@ -264,7 +273,28 @@ class TaskBatchedLoop:
                 current = update(current, grads, step)
             return current, stats, loss, output
 
-        if self.batched:
+        def recomputed_step(current: Weights, x: Tensor, y: Tensor, step: int,
+                            update: UpdateRule) -> tuple[Weights, Stats, Tensor, Tensor]:
+            output, reported = self.model.call({**fixed, **current}, x, training, training)
+            loss = self.loss_fn(output, y)
+            names = list(current)
+            grads = torch.autograd.grad(loss, [current[name] for name in names],
+                                        create_graph=True, allow_unused=True)
+            grads = {name: torch.zeros_like(current[name]) if g is None else g
+                     for name, g in zip(names, grads)}
+            return update(current, grads, step), reported, loss.detach(), output.detach()
+
+        def recomputed_task(x: Tensor, y: Tensor) -> tuple[Weights, Stats, Tensor, Tensor]:
+            current, update, stats = dict(adapted), rule(), []
+            loss = output = x.new_zeros(())
+            for step in range(1, steps + 1):
+                current, reported, loss, output = checkpoint(
+                    recomputed_step, current, x, y, step, update, use_reentrant=False)
+                stats += reported
+            return current, stats, loss, output
+
+        recompute = recompute and not first_order  # first order keeps no graph to save
+        if self.batched and not recompute:
             try:
                 return Adaptation(*vmap(task, randomness="different")(support_x, support_y))
             except (RuntimeError, NotImplementedError) as error:
@@ -272,14 +302,17 @@ class TaskBatchedLoop:
                 log.warning("this network cannot be batched over tasks (%s); the functional "
                             "backend runs it task by task", str(error).strip().splitlines()[0])
                 self.batched = False
-        weights, stats, loss, output = zip(*(task(x, y) for x, y in zip(support_x, support_y)))
+        one_task = recomputed_task if recompute else task
+        weights, stats, loss, output = zip(*(one_task(x, y)
+                                             for x, y in zip(support_x, support_y)))
         return Adaptation({name: torch.stack([w[name] for w in weights]) for name in weights[0]},
                           stacked_stats(stats), torch.stack(loss), torch.stack(output))
 
     def predict(self, adapted: Weights, query_x: Tensor, training: bool,
-                report: bool = False) -> tuple[Tensor, Stats]:
+                report: bool = False, batched: bool = True) -> tuple[Tensor, Stats]:
         """Predictions [T, Q, ...] of the adapted weights [T, ...] on query [T, Q, ...], and the
-        batch statistics of the pass (when `report`)."""
+        batch statistics of the pass (when `report`); task by task unless `batched` (the
+        batched pass keeps several times the memory for the backward pass)."""
         weights = self.model.weights()
         fixed = {name: w for name, w in weights.items() if name not in adapted}
 
@@ -287,7 +320,7 @@ class TaskBatchedLoop:
             return self.model.call({**fixed, **current}, x, training, report)
 
         # autocast does not reach inside vmap (torch 2.x): mixed-precision queries run one by one
-        if self.batched and not torch.is_autocast_enabled(query_x.device.type):
+        if batched and self.batched and not torch.is_autocast_enabled(query_x.device.type):
             return vmap(task, randomness="different")(adapted, query_x)
         outputs = [task({n: w[t] for n, w in adapted.items()}, x) for t, x in enumerate(query_x)]
         return torch.stack([o[0] for o in outputs]), stacked_stats([o[1] for o in outputs])

@@ -77,16 +77,27 @@ class MAML(GradientModule):
         compile: run the functional backend's meta-training loss (forward and backward) through
             torch.compile (auto then means functional); the first step compiles for minutes
             (README, Performance).
+        checkpoint_inner_steps: keep no activations of the inner steps for the meta-gradient
+            but recompute them in the backward pass, task by task (the functional backend; auto
+            then means functional): less memory for second-order steps, more time.
     """
 
     def __init__(self, backbone: nn.Module, inner_lr: float = 0.4, first_order: bool = False,
                  allow_unused: bool | None = None, allow_nograd: bool = False,
-                 backend: str = "auto", compile: bool = False, **gradient_args):
+                 backend: str = "auto", compile: bool = False,
+                 checkpoint_inner_steps: bool = False, **gradient_args):
         if backend not in BACKENDS:
             raise UserError(f"algorithm.backend={backend!r} is not one of: {', '.join(BACKENDS)}")
         if compile and backend == "learn2learn":  # its second order is autograd.grad outside
             raise UserError("algorithm.compile=true needs algorithm.backend=functional (or auto); "
                             "torch.compile cannot differentiate the learn2learn backend twice")
+        if checkpoint_inner_steps:
+            if first_order:
+                raise UserError("algorithm.checkpoint_inner_steps=true saves the memory of "
+                                "second-order inner steps; first_order=true keeps none")
+            if backend == "learn2learn" or compile:
+                raise UserError("algorithm.checkpoint_inner_steps=true needs "
+                                "algorithm.backend=functional (or auto) and compile=false")
         super().__init__(backbone, **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.learner = self.wrap(self.learner)
@@ -99,7 +110,7 @@ class MAML(GradientModule):
         configured = self.hparams.backend
         if configured != "auto":
             return configured
-        if self.hparams.compile:  # what compiles
+        if self.hparams.compile or self.hparams.checkpoint_inner_steps:  # only it does these
             return "functional"
         return auto_backend(self, batches_fast(self.learner.module, self.device), "learn2learn")
 
@@ -148,7 +159,8 @@ class MAML(GradientModule):
                         for x, y in zip(support_x, support_y)], None
             adaptation = self.loop().adapt(float32(self.task_features(support_x)), support_y, steps,
                                            self.update_rule, first_order, self.training,
-                                           {name for name, _ in self.adapted_parameters()})
+                                           {name for name, _ in self.adapted_parameters()},
+                                           recompute=self.hparams.checkpoint_inner_steps)
         return adaptation.weights, adaptation.stats
 
     def predict_tasks(self, adapted: object, query_x: Tensor) -> tuple[Tensor, Stats | None]:
@@ -158,7 +170,8 @@ class MAML(GradientModule):
             return torch.stack([learner(self.features(x))
                                 for learner, x in zip(adapted, query_x)]), None
         return self.loop().predict(adapted, self.task_features(query_x), self.training,
-                                   report=self.training)
+                                   report=self.training,
+                                   batched=not self.hparams.checkpoint_inner_steps)
 
     def features(self, x: Tensor) -> Tensor:
         """What the adapted learner reads: the inputs (ANIL: the body's features)."""
