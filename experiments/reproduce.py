@@ -146,15 +146,10 @@ def table(budget: str, records: dict[str, dict], shots: list[int]) -> str:
                 continue
             ours = 100 * record["test_acc"]
             gap = "" if paper is None else f"{ours - paper:+.1f}"
-            wall = "*" if record.get("clock") == "wall" else ""
             setup = f"`{record['setup']}`" if "setup" in record else ""
             lines.append(f"| {algorithm} | {shot} | {setup} | {ours:.2f}% +- "
-                         f"{100 * record['test_acc_ci95']:.2f}% | {record['train_steps']}{wall} | "
+                         f"{100 * record['test_acc_ci95']:.2f}% | {record['train_steps']} | "
                          f"{cell(paper)} | {gap} | {PAPER[algorithm][2]} | {record['date']} |")
-    if any(record.get("clock") == "wall" for record in records.values()):
-        lines += ["", "\\* stopped by 10 minutes of wall time (`trainer.max_time`) on one thread, two "
-                  "rows at once on an otherwise idle 2-core machine, before rows were budgeted in "
-                  "CPU time"]
     return "\n".join(lines) + "\n"
 
 
