@@ -237,7 +237,7 @@ print(*rates)
 """,
     # resident memory before the first step and at its peak over two steps (MiB), VmHWM, as
     # getrusage's ru_maxrss keeps the parent's peak across exec; and the seconds of the second
-    # step. "recomputed": the functional backend with checkpoint_inner_steps
+    # step. "functional per-task recomputed": with backward_per_task and checkpoint_inner_steps
     "memory": """
 import re, sys, time, torch
 from metalearn.api import MetaLearner, TaskSampler
@@ -245,8 +245,11 @@ def status(key):
     return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read())[1]) / 1024
 backend, steps, shots = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 batch = TaskSampler("omniglot", n_way=5, k_shot=shots, query_size=15, seed=0).sample(32)
-settings = ({"backend": "functional", "checkpoint_inner_steps": True}
-            if backend == "recomputed" else {"backend": backend})
+settings = {"backend": backend.split()[0]}
+if "per-task" in backend:
+    settings["backward_per_task"] = True
+if "recomputed" in backend:
+    settings["checkpoint_inner_steps"] = True
 learner = MetaLearner("maml", k_shot=shots, inner_steps=steps, **settings)
 before = status("VmRSS")
 learner.meta_train_step(batch)
@@ -297,12 +300,14 @@ def allocator_rows(repeats: int) -> list[str]:
 
 def memory_rows(quick: bool) -> list[str]:
     """Each contender in a fresh process: the batched functional backend, learn2learn's task by
-    task, and the functional backend recomputing the inner steps (checkpoint_inner_steps)."""
+    task, and the functional backend recomputing the inner steps (checkpoint_inner_steps),
+    taking each task's meta-gradient at once (backward_per_task), or both."""
     lines = ["| MAML second order, Conv4, 32 tasks, 15 queries | backend | RSS before (MiB) | "
              "peak RSS (MiB) | peak - before | step (s) |", "|---|---|---|---|---|---|"]
     for shots, steps in ((1, 1),) if quick else ((1, 1), (1, 5), (1, 10), (5, 10)):
         # the batched backend's peak is several times the others' (5-shot: beyond this machine)
-        for backend in ("functional", "learn2learn", "recomputed")[shots > 1:]:
+        for backend in ("functional", "learn2learn", "functional recomputed",
+                        "functional per-task", "functional per-task recomputed")[shots > 1:]:
             before, peak, seconds = probe("memory", backend, str(steps), str(shots))
             lines.append(f"| {shots}-shot, {steps} inner step{'s' * (steps > 1)} | {backend} | "
                          f"{before:,.0f} | {peak:,.0f} | {peak - before:,.0f} | {seconds:.2f} |")
@@ -399,8 +404,9 @@ def main() -> None:
         previous = {part.split("\n", 1)[0]: part.split("\n", 1)[1].strip().splitlines()
                     for part in kept}
         text = kept_header  # the full run's date and machine
+        threads = torch.get_num_threads()
         measured = {name: (title, [f"Measured {date.today().isoformat()} (`--only {name}`, "
-                                   f"{torch.get_num_threads()} torch threads).", "",
+                                   f"{threads} torch thread{'s' * (threads > 1)}).", "",
                                    *measured[name][1]]) if name in measured
                     else (title, previous.get(title, [])) for name, (title, _) in sections.items()}
     for title, lines in measured.values():

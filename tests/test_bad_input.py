@@ -57,7 +57,7 @@ def test_unknown_split(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     (["algorithm=maml", "+algorithm.inner_lrr=0.1"], "algorithm.inner_lrr is not a setting of "
      "metalearn.algorithms.maml.MAML; its settings are: allow_nograd, allow_unused, backend, "
-     "checkpoint_inner_steps, compile, first_order, "
+     "backward_per_task, checkpoint_inner_steps, compile, first_order, "
      "inner_lr, inner_steps, optimizer, outer_lr, output_layer, scheduler, "
      "test_inner_steps, transductive_bn"),
     # Relation Networks set Conv4's feature-map keys, which the MLP does not have

@@ -5,6 +5,8 @@ meta-gradient, BatchNorm running averages and predictions, to 1e-8 in float64.""
 from __future__ import annotations
 
 import copy
+import weakref
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +16,7 @@ from metalearn.algorithms.anil import ANIL
 from metalearn.algorithms.maml import MAML
 from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.algorithms.reptile import Reptile
+from metalearn.api import MetaLearner, TaskSampler
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
 from metalearn.models.backbones import MLP, Conv4
@@ -108,6 +111,76 @@ def test_recomputed_inner_steps_keep_no_activations():
     assert kept[5][1] == kept[1][1] < kept[1][0]
 
 
+@pytest.mark.parametrize("name", ["maml", "metasgd", "anil"])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_meta_gradient_per_task_matches_learn2learn(name, recompute):
+    """backward_per_task: the surrogate loss has the meta-loss's value and its gradient is
+    learn2learn's meta-gradient; the running averages move alike (ANIL's body, an ordinary
+    module, moves its own task by task: support, then query)."""
+    functional, reference = backend_pair(name, backward_per_task=True,
+                                         checkpoint_inner_steps=recompute)
+    reference.hparams.backward_per_task = reference.hparams.checkpoint_inner_steps = False
+    batch = make_batch("classification")
+    loss, gradient = meta_step(functional, batch)
+    expected_loss, expected_gradient = meta_step(reference, batch)
+    assert abs(loss.item() - expected_loss.item()) < TOLERANCE * abs(expected_loss.item())
+    assert relative_error(gradient, expected_gradient) < TOLERANCE
+    if name != "anil":
+        buffers, expected = ([b for b in m.buffers() if b.dtype.is_floating_point]
+                             for m in (functional, reference))
+        assert relative_error(buffers, expected) < TOLERANCE
+
+
+class Held:
+    """A saved tensor, held for autograd; freed with the graph that holds it."""
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def held_for_backward(model: MAML, batch: TaskBatch) -> int:
+    """Bytes of the distinct tensors the graph of a meta-training loss still holds (outside
+    checkpointed regions) once the loss is built."""
+    alive = weakref.WeakSet()
+
+    def pack(tensor):
+        alive.add(held := Held(tensor))
+        return held
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda held: held.tensor):
+        loss, _ = model.meta_train_loss(batch)
+    return sum({(h.tensor.data_ptr(), h.tensor.dtype, tuple(h.tensor.shape)): h.tensor.nbytes
+                for h in alive}.values())
+
+
+def test_meta_gradient_per_task_trains_as_the_whole_batch():
+    """Through the optimiser (the API's Fabric step): the same losses and weights after three
+    outer steps."""
+    batch = TaskSampler("sinusoid", k_shot=5, query_size=10, seed=0).sample(4)
+    runs = {}
+    for per_task in (False, True):
+        torch.manual_seed(0)
+        learner = MetaLearner("maml", dataset="sinusoid", k_shot=5, inner_steps=2,
+                              backward_per_task=per_task)
+        losses = [learner.meta_train_step(batch) for _ in range(3)]
+        runs[per_task] = losses, list(learner.module.parameters())
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)
+    assert runs[False][0][2] < runs[False][0][0]  # it trains
+    assert relative_error(runs[True][1], runs[False][1]) < 1e-6
+
+
+def test_meta_gradient_per_task_holds_no_task_graph():
+    """With every task's graph held, the loss keeps the query passes' activations; per task, no
+    more than the surrogate's copy of the gradient (the parameters' size). (Recomputed inner
+    steps in both: torch.func's transforms refuse the hooks that measure this.)"""
+    held = {}
+    for per_task in (False, True):
+        model, _ = backend_pair("maml", checkpoint_inner_steps=True, backward_per_task=per_task)
+        held[per_task] = held_for_backward(model, make_batch("classification"))
+    parameters = sum(p.nbytes for p in model.parameters())
+    assert held[True] <= parameters < held[False] / 10
+
+
 def test_recomputing_needs_second_order_and_the_functional_backend():
     conv = Conv4((1, 8, 8), hidden_channels=4, num_blocks=2)
     with pytest.raises(UserError, match="first_order=true keeps none"):
@@ -115,6 +188,13 @@ def test_recomputing_needs_second_order_and_the_functional_backend():
     with pytest.raises(UserError, match="checkpoint_inner_steps=true needs algorithm.backend="):
         MAML(conv, backend="learn2learn", checkpoint_inner_steps=True, output_dim=3)
     assert MAML(conv, checkpoint_inner_steps=True, output_dim=3).backend == "functional"
+    with pytest.raises(UserError, match="backward_per_task=true needs algorithm.backend="):
+        MAML(conv, backend="learn2learn", backward_per_task=True, output_dim=3)
+    per_task = MAML(conv, backward_per_task=True, output_dim=3)
+    assert per_task.backend == "functional"
+    per_task._trainer = SimpleNamespace(world_size=2)  # as under DDP on two processes
+    with pytest.raises(UserError, match="backward_per_task=true runs in one process"):
+        per_task.on_fit_start()
 
 
 @pytest.mark.parametrize("name", ALGORITHMS)

@@ -36,6 +36,7 @@ from metalearn.algorithms.functional import (
     auto_backend,
     batches_fast,
     sgd,
+    stacked_stats,
 )
 from metalearn.algorithms.gradient import GradientModule
 from metalearn.data.episodes import TaskBatch
@@ -80,12 +81,17 @@ class MAML(GradientModule):
         checkpoint_inner_steps: keep no activations of the inner steps for the meta-gradient
             but recompute them in the backward pass, task by task (the functional backend; auto
             then means functional): less memory for second-order steps, more time.
+        backward_per_task: take each task's meta-gradient as soon as its query loss is known and
+            free its graph, so that one task's graph is held at a time instead of the
+            meta-batch's; the step's loss is a surrogate with the same value and gradient
+            (the functional backend; one process).
     """
 
     def __init__(self, backbone: nn.Module, inner_lr: float = 0.4, first_order: bool = False,
                  allow_unused: bool | None = None, allow_nograd: bool = False,
                  backend: str = "auto", compile: bool = False,
-                 checkpoint_inner_steps: bool = False, **gradient_args):
+                 checkpoint_inner_steps: bool = False, backward_per_task: bool = False,
+                 **gradient_args):
         if backend not in BACKENDS:
             raise UserError(f"algorithm.backend={backend!r} is not one of: {', '.join(BACKENDS)}")
         if compile and backend == "learn2learn":  # its second order is autograd.grad outside
@@ -98,6 +104,9 @@ class MAML(GradientModule):
             if backend == "learn2learn" or compile:
                 raise UserError("algorithm.checkpoint_inner_steps=true needs "
                                 "algorithm.backend=functional (or auto) and compile=false")
+        if backward_per_task and (backend == "learn2learn" or compile):
+            raise UserError("algorithm.backward_per_task=true needs algorithm.backend=functional "
+                            "(or auto) and compile=false")
         super().__init__(backbone, **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.learner = self.wrap(self.learner)
@@ -110,7 +119,8 @@ class MAML(GradientModule):
         configured = self.hparams.backend
         if configured != "auto":
             return configured
-        if self.hparams.compile or self.hparams.checkpoint_inner_steps:  # only it does these
+        hparams = self.hparams
+        if hparams.compile or hparams.checkpoint_inner_steps or hparams.backward_per_task:
             return "functional"
         return auto_backend(self, batches_fast(self.learner.module, self.device), "learn2learn")
 
@@ -195,6 +205,8 @@ class MAML(GradientModule):
 
     def meta_batch_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """The mean query loss of the adapted tasks, and their query predictions."""
+        if self.hparams.backward_per_task and self.training and torch.is_grad_enabled():
+            return self.meta_batch_loss_per_task(batch)
         adapted, support_stats = self.adapt_tasks(batch.support_x, batch.support_y,
                                                   self.inner_steps)
         predictions, query_stats = self.predict_tasks(adapted, batch.query_x)
@@ -202,6 +214,40 @@ class MAML(GradientModule):
             self.loop().update_running_averages(support_stats, query_stats)
         losses = [self.task_loss(p, y) for p, y in zip(predictions, batch.query_y)]
         return torch.stack(losses).mean(), predictions
+
+    def meta_batch_loss_per_task(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
+        """meta_batch_loss with each task's meta-gradient taken, and its graph freed, before
+        the next task is adapted. Returns a surrogate loss: the mean query loss in value, whose
+        gradient is the sum of the tasks' gradients; the running averages move as
+        meta_batch_loss moves them (every task's support passes, then the queries)."""
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        total = [torch.zeros_like(p) for p in parameters]
+        losses, predictions, support_stats, query_stats = [], [], [], []
+        for task in range(batch.support_x.shape[0]):
+            one = slice(task, task + 1)
+            adapted, support = self.adapt_tasks(batch.support_x[one], batch.support_y[one],
+                                                self.inner_steps)
+            prediction, query = self.predict_tasks(adapted, batch.query_x[one])
+            loss = self.task_loss(prediction[0], batch.query_y[task]) / len(batch.support_x)
+            for sum_, gradient in zip(total, torch.autograd.grad(loss, parameters,
+                                                                 allow_unused=True)):
+                if gradient is not None:
+                    sum_ += gradient
+            losses.append(loss.detach())
+            predictions.append(prediction.detach())
+            support_stats.append(support)
+            query_stats.append(query)
+        # each task's statistics [1, C] stacked into the meta-batch's [T, C]
+        self.loop().update_running_averages(*(
+            stacked_stats([[(mean[0], variance[0]) for mean, variance in task] for task in stats])
+            for stats in (support_stats, query_stats) if stats[0]))
+        surrogate = sum((p * g).sum() for p, g in zip(parameters, total))
+        return torch.stack(losses).sum() + surrogate - surrogate.detach(), torch.cat(predictions)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.backward_per_task and self.trainer.world_size > 1:
+            raise UserError("algorithm.backward_per_task=true runs in one process; under DDP "
+                            "each process holds only its share of the meta-batch already")
 
     # GradientModule -----------------------------------------------------------------------------
     # Nothing differentiates through test-time steps: first order keeps no graph. (Evaluation's
