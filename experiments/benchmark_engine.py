@@ -11,7 +11,7 @@
    (METALEARN_SYSTEM_MALLOC=1), for ProtoNet 20-way 5-shot and MAML on Conv4; and Conv4's first
    two layers' forward GFLOP/s under both.
 4. Peak memory (RSS) and step time of second-order MAML steps, by backend, shots and inner
-   steps, with and without recomputing the inner steps (checkpoint_inner_steps).
+   steps, and with the memory settings (backward_per_task, checkpoint_inner_steps).
 5. Meta-training tasks per second through train.py (Lightning included) for every algorithm, and
    the sampler's share of a step; seconds per test episode (batches of 8, as train.py tests).
 
@@ -399,11 +399,10 @@ def main() -> None:
     output = args.output or (None if args.quick else RESULTS)
     if args.only and output is not None and output.is_file():
         # the other sections as the file has them, each under its "## title"
-        kept_header, *kept = output.read_text().split("\n## ")
-        kept_header = kept_header.rstrip().splitlines()
+        header, *kept = output.read_text().split("\n## ")
         previous = {part.split("\n", 1)[0]: part.split("\n", 1)[1].strip().splitlines()
                     for part in kept}
-        text = kept_header  # the full run's date and machine
+        text = header.rstrip().splitlines()  # the full run's date and machine
         threads = torch.get_num_threads()
         measured = {name: (title, [f"Measured {date.today().isoformat()} (`--only {name}`, "
                                    f"{threads} torch thread{'s' * (threads > 1)}).", "",

@@ -116,10 +116,9 @@ class MAML(GradientModule):
     @property
     def backend(self) -> str:
         """The backend in use: the configured one, or what "auto" picks on the module's device."""
-        configured = self.hparams.backend
-        if configured != "auto":
-            return configured
         hparams = self.hparams
+        if hparams.backend != "auto":
+            return hparams.backend
         if hparams.compile or hparams.checkpoint_inner_steps or hparams.backward_per_task:
             return "functional"
         return auto_backend(self, batches_fast(self.learner.module, self.device), "learn2learn")
