@@ -7,8 +7,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from metalearn.cli import run_cli
-from metalearn.comparison import compare
-from metalearn.compose import moved_key_overrides
+from metalearn.run.compare import compare
+from metalearn.run.compose import moved_key_overrides
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="compare")

@@ -4,7 +4,7 @@
     python meta_learning.py --algorithm prototypical --shots 1 --way 5 --query 15
 """
 
-from metalearn.flags import main
+from metalearn.cli.flags import main
 
 if __name__ == "__main__":
     main()

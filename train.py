@@ -6,8 +6,8 @@ import hydra
 from omegaconf import DictConfig
 
 from metalearn.cli import run_cli
-from metalearn.compose import moved_key_overrides
-from metalearn.training import train_job
+from metalearn.run.compose import moved_key_overrides
+from metalearn.run.training import train_job
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -7,7 +7,7 @@
    query loss, backward task by task, one Adam step), on the same tasks and initial weights.
 2. ProtoNet steps (5-way 1-shot and 20-way 5-shot) against a plain PyTorch step.
 3. What a user gets, each step in a fresh process: the plain loops under the system's malloc
-   against metalearn under its own settings (metalearn/allocator.py) and under the system's
+   against metalearn under its own settings (metalearn/run/allocator.py) and under the system's
    (METALEARN_SYSTEM_MALLOC=1), for ProtoNet 20-way 5-shot and MAML on Conv4; and Conv4's first
    two layers' forward GFLOP/s under both.
 4. Peak memory (RSS) and step time of second-order MAML steps, by backend, shots and inner
@@ -44,11 +44,11 @@ import torch.nn.functional as F
 
 from metalearn import MALLOC_SETTINGS
 from metalearn.api import MetaLearner, TaskSampler, evaluating
-from metalearn.build import build
-from metalearn.compose import compose_config
 from metalearn.data.episodes import TaskBatch
 from metalearn.files import write_text
-from metalearn.training import train
+from metalearn.run.build import build
+from metalearn.run.compose import compose_config
+from metalearn.run.training import train
 
 RESULTS = Path(__file__).parent / "results" / "bench.md"
 ALGORITHMS = ("protonet", "matchingnet", "relationnet", "siamese", "maml",

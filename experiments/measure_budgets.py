@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from metalearn.compose import compose_config
 from metalearn.paths import project_root
-from metalearn.training import train
+from metalearn.run.compose import compose_config
+from metalearn.run.training import train
 
 # the budgets live with the tests; put the repository first so that its tests/ is the one found
 sys.path.insert(0, project_root())

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import torch
+from copy_task import LSTMBaseline, bit_errors_by_length, train_copy
 
-from metalearn.copy_task import LSTMBaseline, bit_errors_by_length, train_copy
 from metalearn.models.ntm import NTMNetwork
 from metalearn.paths import project_root
 

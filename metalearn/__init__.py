@@ -2,9 +2,9 @@
 
 import logging
 
-from metalearn.allocator import tune_malloc
+from metalearn.run.allocator import tune_malloc
 
-# before torch allocates anything large (metalearn/allocator.py says why)
+# before torch allocates anything large (metalearn/run/allocator.py says why)
 MALLOC_SETTINGS = tune_malloc()
 logging.getLogger(__name__).debug(MALLOC_SETTINGS)
 
@@ -16,7 +16,7 @@ from metalearn.api import (  # noqa: E402
     compare_learners,
     evaluate_few_shot,
 )
-from metalearn.sweeps import aggregate_seeds  # noqa: E402
+from metalearn.run.sweeps import aggregate_seeds  # noqa: E402
 
 __all__ = ["AdaptedModel", "MetaLearner", "TaskSampler", "aggregate_seeds", "compare_checkpoints",
            "compare_learners", "evaluate_few_shot"]

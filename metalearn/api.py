@@ -3,7 +3,7 @@
 
 A thin face over what train.py runs. A MetaLearner composes the same config (configs/train.yaml
 with `algorithm=<name>`, hyperparameters set on the keys that hold them), builds the same
-Lightning module through `metalearn.build.build`, and fits with the same Trainer. Its checkpoints
+Lightning module through `metalearn.run.build.build`, and fits with the same Trainer. Its checkpoints
 are train.py's: `MetaLearner.load` reads train.py's, and eval.py reads those `save` writes.
 A TaskSampler draws the episodes the data module draws: `TaskSampler(split="test", seed=0)`
 gives exactly the test episodes of train.py's default `episode.eval_seed`.
@@ -24,16 +24,21 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import Tensor, nn
 
-from metalearn.build import (
+from metalearn.data.datamodule import TaskStream
+from metalearn.data.episodes import Task, TaskBatch, TaskShape
+from metalearn.data.task_family import SPLITS, TaskFamily
+from metalearn.errors import UserError, check_whole_number
+from metalearn.evaluation.statistics import mean_and_ci95, pairwise_comparisons
+from metalearn.run.build import (
     USER_BACKBONE,
     build,
     build_datamodule,
     instantiate_checked,
     validate,
 )
-from metalearn.checkpoints import CONFIG_KEY, load_checkpoint, save_checkpoint
-from metalearn.comparison import compare
-from metalearn.compose import (
+from metalearn.run.checkpoints import CONFIG_KEY, load_checkpoint, save_checkpoint
+from metalearn.run.compare import compare
+from metalearn.run.compose import (
     algorithm_name,
     apply_settings,
     checked_choice,
@@ -41,14 +46,9 @@ from metalearn.compose import (
     default_output_dir,
     upgrade_stored_config,
 )
-from metalearn.config_check import check_episode_fits, component_name
-from metalearn.data.datamodule import TaskStream
-from metalearn.data.episodes import Task, TaskBatch, TaskShape
-from metalearn.data.task_family import SPLITS, TaskFamily
-from metalearn.errors import UserError, check_whole_number
-from metalearn.loggers import end_wandb_runs
-from metalearn.statistics import mean_and_ci95, pairwise_comparisons
-from metalearn.training import make_trainer, resolve_monitor, write_config
+from metalearn.run.config_check import check_episode_fits, component_name
+from metalearn.run.loggers import end_wandb_runs
+from metalearn.run.training import make_trainer, resolve_monitor, write_config
 
 # A support or query set: {"x": inputs, "y": targets} or (inputs, targets).
 LabelledSet = Mapping[str, Any] | Sequence[Any]
@@ -499,7 +499,7 @@ def compare_learners(learners: Sequence[MetaLearner],
     """Several learners scored on the same episodes (as `evaluate_few_shot` takes them):
     "learners", each learner's score and 95% interval by id (1, 2, ... in the given order), and
     "pairs", each pair's paired difference, its interval, the paired t-test and Wilcoxon
-    p-values and their Holm correction over all pairs (metalearn.statistics.pairwise_comparisons).
+    p-values and their Holm correction over all pairs (metalearn.evaluation.statistics.pairwise_comparisons).
     """
     if len(learners) < 2:
         raise UserError(f"compare_learners needs two or more learners; got {len(learners)}")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-from metalearn.compose import compose_config
 from metalearn.paths import project_root
+from metalearn.run.compose import compose_config
 from tests.budgets import BUDGETS
 
 ROOT = Path(project_root())
@@ -46,7 +46,7 @@ def trained_protonet(tmp_path_factory) -> tuple[dict, Path]:
     Returns the results record and the run directory. Shared by the tests that need a trained
     metric model, so the suite trains it once.
     """
-    from metalearn.training import train
+    from metalearn.run.training import train
 
     run_dir = tmp_path_factory.mktemp("protonet_run")
     return train(make_config(BUDGETS["protonet (lake)"].overrides, run_dir)), run_dir

@@ -1,5 +1,5 @@
 """Importing metalearn sets glibc malloc to serve large blocks from its heap (no mmap per
-tensor), unless the environment says otherwise (metalearn/allocator.py)."""
+tensor), unless the environment says otherwise (metalearn/run/allocator.py)."""
 
 from __future__ import annotations
 

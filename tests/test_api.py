@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from metalearn import MetaLearner, TaskSampler, evaluate_few_shot
-from metalearn.build import build
-from metalearn.compose import apply_settings
+from metalearn.cli.flags import main as meta_learning_main
 from metalearn.errors import UserError
-from metalearn.flags import main as meta_learning_main
+from metalearn.run.build import build
+from metalearn.run.compose import apply_settings
 from tests.conftest import ROOT, make_config
 
 LAKE = ["dataset.split=lake", "dataset.rotations=false"]

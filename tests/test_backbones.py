@@ -8,10 +8,10 @@ import torch.nn.functional as F
 import torchvision
 
 from metalearn.algorithms.protonet import ProtoNet
-from metalearn.build import build
 from metalearn.models.backbones import Conv4
 from metalearn.models.resnet12 import DropBlock, ResNet12
 from metalearn.models.torchvision_net import TorchvisionBackbone
+from metalearn.run.build import build
 from tests.conftest import make_config
 from tests.helpers import user_error
 

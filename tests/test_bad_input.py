@@ -8,9 +8,9 @@ import zipfile
 
 import pytest
 
-from metalearn.build import build
 from metalearn.data.omniglot import Omniglot
 from metalearn.errors import UserError
+from metalearn.run.build import build
 from tests.conftest import ROOT, make_config
 
 

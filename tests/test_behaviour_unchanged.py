@@ -87,9 +87,9 @@ def recorded() -> dict:
 def results(tmp_path_factory) -> dict:
     """Runs everything once (about 3 minutes on 2 cores) and collects the records by name."""
     from metalearn import MetaLearner, TaskSampler, evaluate_few_shot
-    from metalearn.comparison import compare
-    from metalearn.evaluation import evaluate
-    from metalearn.training import train
+    from metalearn.run.compare import compare
+    from metalearn.run.evaluate import evaluate
+    from metalearn.run.training import train
 
     tmp = tmp_path_factory.mktemp("behaviour")
     got = {}

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metalearn.build import build
 from metalearn.data import benchmark_files
 from metalearn.data.benchmark_files import CIFAR100_URL, ZENODO
 from metalearn.data.cifar_fs import SPLIT as CIFAR_FS_SPLIT
@@ -29,7 +28,8 @@ from metalearn.data.fc100 import FC100
 from metalearn.data.mini_imagenet import MiniImageNet
 from metalearn.data.task_family import SPLITS
 from metalearn.data.tiered_imagenet import TieredImageNet
-from metalearn.training import train
+from metalearn.run.build import build
+from metalearn.run.training import train
 from tests.conftest import make_config
 from tests.helpers import user_error
 

@@ -17,9 +17,9 @@ from metalearn import (
     compare_learners,
     evaluate_few_shot,
 )
-from metalearn.comparison import compare
 from metalearn.errors import UserError
-from metalearn.evaluation import evaluate
+from metalearn.run.compare import compare
+from metalearn.run.evaluate import evaluate
 from tests.conftest import ROOT, make_config
 from tests.helpers import user_error
 

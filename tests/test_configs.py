@@ -13,14 +13,14 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from metalearn.algorithms.base import EpisodicModule
-from metalearn.build import build
-from metalearn.compose import compose_config, config_choices
-from metalearn.config_check import component_name
 from metalearn.data.datamodule import EpisodicDataModule
 from metalearn.data.episodes import ClassExamples
 from metalearn.data.task_family import ClassificationTaskFamily
 from metalearn.paths import CONFIG_DIR
-from metalearn.training import train
+from metalearn.run.build import build
+from metalearn.run.compose import compose_config, config_choices
+from metalearn.run.config_check import component_name
+from metalearn.run.training import train
 from tests.conftest import make_config
 
 ALGORITHMS = config_choices("algorithm")

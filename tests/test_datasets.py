@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from metalearn.build import build
 from metalearn.data.episodes import TaskShape, seeded_generator
 from metalearn.data.features import feature_table
 from metalearn.data.image_folder import ImageFolder
 from metalearn.data.omniglot import Omniglot
 from metalearn.errors import UserError
-from metalearn.training import train
+from metalearn.run.build import build
+from metalearn.run.training import train
 from tests.budgets import BUDGETS
 from tests.conftest import ROOT, make_config, mean_query_score
 from tests.helpers import digits_frame, sinusoid_table
@@ -342,7 +342,7 @@ def colour_folder(root: Path) -> Path:
 
 
 def evaluate_on_folder(checkpoint: Path, tmp_path: Path, *extra: str) -> dict:
-    from metalearn.evaluation import evaluate
+    from metalearn.run.evaluate import evaluate
 
     overrides = [f"ckpt_path={checkpoint}", "dataset=image_folder",
                  f"dataset.root={colour_folder(tmp_path / 'colour')}",

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from metalearn import MetaLearner, TaskSampler
-from metalearn.evaluation import evaluate, transfer_record
-from metalearn.plots import adaptation_speed_series, shot_series
+from metalearn.evaluation.plots import adaptation_speed_series, shot_series
+from metalearn.run.evaluate import evaluate, transfer_record
 from tests.conftest import ROOT, make_config
 from tests.helpers import user_error
 

@@ -21,12 +21,12 @@ from metalearn import MetaLearner, TaskSampler, training
 from metalearn.algorithms.baseline import DAMPENING, FINETUNE_SEED, MOMENTUM, WEIGHT_DECAY
 from metalearn.algorithms.baseline_pp import NORM_EPSILON
 from metalearn.algorithms.rfs import RFS
-from metalearn.build import build
 from metalearn.data.datamodule import ExampleStream
 from metalearn.data.episodes import ClassExamples, ExampleBatch, seeded_generator
 from metalearn.data.task_family import ClassificationTaskFamily
 from metalearn.errors import UserError
-from metalearn.training import train
+from metalearn.run.build import build
+from metalearn.run.training import train
 from tests.budgets import BUDGETS
 from tests.conftest import ROOT, make_config
 

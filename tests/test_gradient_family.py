@@ -225,7 +225,7 @@ def test_transductive_bn_switch_decides_which_statistics_adaptation_uses():
 def test_gradient_clipping_bounds_the_outer_update(tmp_path):
     import lightning as L
 
-    from metalearn.build import build
+    from metalearn.run.build import build
     from tests.conftest import make_config
 
     cfg = make_config(["experiment=maml_sinusoid", "episode.meta_batch_size=2",

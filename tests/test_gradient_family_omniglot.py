@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from metalearn.training import train
+from metalearn.run.training import train
 from tests.budgets import BUDGETS
 from tests.conftest import make_config
 

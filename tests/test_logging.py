@@ -23,8 +23,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from wandb.proto import wandb_internal_pb2
 
 from metalearn import MetaLearner, TaskSampler, loggers, progress
-from metalearn.plots import MetricHistory, csv_rows, logged_rows
-from metalearn.training import train
+from metalearn.evaluation.plots import MetricHistory, csv_rows, logged_rows
+from metalearn.run.training import train
 from tests.conftest import make_config
 
 TINY = ["dataset.split=lake", "dataset.rotations=false", "episode.num_tasks=8", "num_epochs=1",

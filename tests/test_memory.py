@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from metalearn.copy_task import LSTMBaseline, bit_errors_by_length, train_copy
+from experiments.copy_task import LSTMBaseline, bit_errors_by_length, train_copy
 from metalearn.models.mann import MANNNetwork
 from metalearn.models.memory import (
     circular_shift,

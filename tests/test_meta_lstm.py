@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from metalearn.algorithms.meta_lstm import MetaLearnerState, MetaLSTM, preprocess
 from metalearn.data.episodes import Task, TaskBatch
 from metalearn.models.backbones import Conv4
-from metalearn.training import train
+from metalearn.run.training import train
 from tests.budgets import BUDGETS
 from tests.conftest import make_config
 from tests.helpers import make_batch, relative_error

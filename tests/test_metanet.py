@@ -11,11 +11,11 @@ from torch import nn
 
 from metalearn.algorithms.meta_lstm import preprocess
 from metalearn.algorithms.metanet import AugmentedLinear, MetaNet, distinct_pairs, read_memory
-from metalearn.build import build
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
 from metalearn.models.backbones import Conv4
-from metalearn.training import train
+from metalearn.run.build import build
+from metalearn.run.training import train
 from tests.budgets import BUDGETS
 from tests.conftest import make_config, mean_query_score
 

@@ -13,11 +13,11 @@ from metalearn.algorithms.matchingnet import MatchingNet
 from metalearn.algorithms.protonet import ProtoNet
 from metalearn.algorithms.relationnet import RelationNet
 from metalearn.algorithms.siamese import SiameseNet, balanced_pairs
-from metalearn.build import build
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
 from metalearn.models.backbones import Conv4
-from metalearn.training import train
+from metalearn.run.build import build
+from metalearn.run.training import train
 from tests.budgets import BUDGETS, CIS_OF_ROOM
 from tests.conftest import make_config
 from tests.helpers import images, relative_error

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from metalearn.algorithms.protonet import ProtoNet
+from metalearn.evaluation.plots import csv_rows
 from metalearn.models.backbones import Conv4
-from metalearn.plots import csv_rows
 from tests.budgets import BUDGETS
 from tests.conftest import ROOT
 

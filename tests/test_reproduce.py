@@ -9,8 +9,8 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from metalearn.build import build
 from metalearn.paths import project_root
+from metalearn.run.build import build
 from tests.conftest import make_config
 
 sys.path.insert(0, f"{project_root()}/experiments")

@@ -14,10 +14,10 @@ from torch.optim.lr_scheduler import StepLR
 from torch.utils.data import DataLoader
 
 from metalearn.algorithms.reptile import Reptile
-from metalearn.build import build
 from metalearn.errors import UserError
 from metalearn.models.backbones import MLP, Conv4
-from metalearn.training import train
+from metalearn.run.build import build
+from metalearn.run.training import train
 from tests.budgets import BUDGETS
 from tests.conftest import make_config
 from tests.helpers import make_batch, relative_error

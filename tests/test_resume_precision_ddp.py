@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from metalearn.build import build
-from metalearn.checkpoints import RUN_STATE_KEY
-from metalearn.plots import csv_rows
-from metalearn.training import train
+from metalearn.evaluation.plots import csv_rows
+from metalearn.run.build import build
+from metalearn.run.checkpoints import RUN_STATE_KEY
+from metalearn.run.training import train
 from tests.conftest import ROOT, make_config
 
 TINY = ["dataset.split=lake", "dataset.rotations=false", "episode.val_episodes=10",

@@ -18,10 +18,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from metalearn import MetaLearner, TaskSampler, cpu_time
-from metalearn.compose import compose_config
 from metalearn.errors import UserError
-from metalearn.evaluation import evaluate
-from metalearn.training import train
+from metalearn.run.compose import compose_config
+from metalearn.run.evaluate import evaluate
+from metalearn.run.training import train
 from tests.conftest import ROOT, make_config
 from tests.helpers import user_error
 
@@ -126,7 +126,7 @@ def test_checkpoints_that_cannot_be_written_stop_the_run_before_or_as_they_fail(
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("metalearn.checkpoints.torch.save", full_disk)
+    monkeypatch.setattr("metalearn.run.checkpoints.torch.save", full_disk)
     message = user_error(train, make_config(TINY, tmp_path / "full"))
     assert message.startswith(f"cannot write the checkpoint {tmp_path / 'full' / 'checkpoints'}")
     assert "No space left on device" in message
@@ -225,7 +225,7 @@ def test_the_api_refuses_a_clip_that_would_ascend():
     (["--output-dir", "README.md"], "error: --output-dir README.md is a file; name a directory"),
 ])
 def test_flags_that_contradict_or_misname_are_one_line(args, message, capsys):
-    from metalearn.flags import main
+    from metalearn.cli.flags import main
 
     with pytest.raises(SystemExit) as exited:
         main(args)

@@ -10,7 +10,7 @@ from metalearn.algorithms.mann import MANN
 from metalearn.algorithms.ntm import NTM
 from metalearn.algorithms.sequence import delayed_labels, presentation_numbers
 from metalearn.models.backbones import MLP
-from metalearn.training import train
+from metalearn.run.training import train
 from tests.budgets import BUDGETS
 from tests.conftest import make_config
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from metalearn.algorithms.base import EpisodicModule
-from metalearn.build import build
-from metalearn.statistics import mean_and_ci95
-from metalearn.training import train
+from metalearn.evaluation.statistics import mean_and_ci95
+from metalearn.run.build import build
+from metalearn.run.training import train
 from tests.budgets import BUDGETS, CIS_OF_ROOM
 from tests.conftest import make_config
 

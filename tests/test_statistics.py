@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from metalearn.statistics import (
+from metalearn.evaluation.statistics import (
     holm,
     mean_and_ci95,
     paired_difference,

@@ -18,9 +18,9 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from metalearn import aggregate_seeds
-from metalearn.compose import CONFIG_DIR
 from metalearn.errors import UserError
-from metalearn.sweeps import FAILED, SweepSummary, optimized_value, write_summary
+from metalearn.run.compose import CONFIG_DIR
+from metalearn.run.sweeps import FAILED, SweepSummary, optimized_value, write_summary
 from tests.conftest import ROOT
 
 # A few seconds of meta-training per job on 2 CPU cores.

@@ -27,7 +27,7 @@ from torchmetrics.aggregation import CatMetric
 
 from metalearn.data.episodes import TaskBatch, seeded_generator
 from metalearn.errors import UserError
-from metalearn.statistics import mean_and_ci95
+from metalearn.evaluation.statistics import mean_and_ci95
 
 TASK_TYPES = ("classification", "regression")
 

@@ -32,8 +32,8 @@ from torchmetrics.aggregation import CatMetric
 
 from metalearn.algorithms.base import EpisodicModule, Predictor
 from metalearn.data.episodes import TaskBatch
+from metalearn.evaluation.statistics import mean_and_ci95
 from metalearn.models.memory import MemoryNetwork
-from metalearn.statistics import mean_and_ci95
 
 REPORTED_PRESENTATIONS = (1, 2, 3, 5, 10)
 

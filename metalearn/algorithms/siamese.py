@@ -22,7 +22,7 @@ from torchmetrics.aggregation import CatMetric
 
 from metalearn.algorithms.metric import MetricModule
 from metalearn.data.episodes import TaskBatch
-from metalearn.statistics import mean_and_ci95
+from metalearn.evaluation.statistics import mean_and_ci95
 
 
 def balanced_pairs(support_y: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -18,8 +18,8 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from matplotlib.image import imread
 
-from metalearn.results import results_table
-from metalearn.sweeps import in_multirun
+from metalearn.evaluation.results import results_table
+from metalearn.run.sweeps import in_multirun
 
 WANDB_HOST = "https://api.wandb.ai"
 

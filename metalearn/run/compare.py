@@ -1,7 +1,7 @@
 """compare.py's job: several checkpoints tested on the same test episodes, each with its score,
 and every pair with its paired difference, the 95% interval of the per-episode differences, the
 paired t-test and the Wilcoxon signed-rank test, and whether the difference stays significant
-after Holm's correction over all pairs (metalearn/statistics.py).
+after Holm's correction over all pairs (metalearn/evaluation/statistics.py).
 
 The checkpoints load as eval.py's do (their stored configs with the user's overrides); the test
 episodes are the compare config's (episode.test_episodes, episode.eval_seed), the same for all.
@@ -14,22 +14,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from metalearn.config_check import component_name
 from metalearn.errors import UserError
-from metalearn.evaluation import (
+from metalearn.evaluation.results import (
+    comparison_record,
+    describe_comparison,
+    scores_record,
+    write_comparison,
+)
+from metalearn.evaluation.statistics import pairwise_comparisons
+from metalearn.run.config_check import component_name
+from metalearn.run.evaluate import (
     StoredRun,
     eval_trainer,
     meta_test_scores,
     stored_run,
     tested_model,
 )
-from metalearn.results import (
-    comparison_record,
-    describe_comparison,
-    scores_record,
-    write_comparison,
-)
-from metalearn.statistics import pairwise_comparisons
 
 
 def checkpoint_paths(cfg: DictConfig) -> list[str]:

@@ -16,15 +16,11 @@ from torch import Tensor
 
 from metalearn.algorithms.base import EpisodicModule
 from metalearn.algorithms.gradient import GradientModule
-from metalearn.build import build, instantiate_checked, instantiate_trainer, validate
-from metalearn.checkpoints import CONFIG_KEY, RUN_STATE_KEY, load_checkpoint
-from metalearn.compose import override_keys, upgrade_stored_config
-from metalearn.config_check import check_episode_fits, component_name
 from metalearn.data.datamodule import EpisodicDataModule
 from metalearn.data.task_family import TaskFamily
 from metalearn.errors import UserError, check_whole_number
-from metalearn.plots import write_eval_plots
-from metalearn.results import (
+from metalearn.evaluation.plots import write_eval_plots
+from metalearn.evaluation.results import (
     describe,
     describe_transfer,
     results_record,
@@ -32,7 +28,11 @@ from metalearn.results import (
     scores_record,
     write_results,
 )
-from metalearn.statistics import paired_difference
+from metalearn.evaluation.statistics import paired_difference
+from metalearn.run.build import build, instantiate_checked, instantiate_trainer, validate
+from metalearn.run.checkpoints import CONFIG_KEY, RUN_STATE_KEY, load_checkpoint
+from metalearn.run.compose import override_keys, upgrade_stored_config
+from metalearn.run.config_check import check_episode_fits, component_name
 
 #: keys of eval.yaml that are not training settings, never copied into the checkpoint's config
 EVAL_ONLY_KEYS = ("ckpt_path", "ckpt_paths", "eval", "compare", "hydra")

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from metalearn.errors import UserError
 from metalearn.files import atomic_write
-from metalearn.loggers import flush_csv
+from metalearn.run.loggers import flush_csv
 
 CONFIG_KEY = "metalearn_config"
 RUN_STATE_KEY = "metalearn_run_state"

@@ -10,8 +10,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from metalearn.config_check import component_name
 from metalearn.files import write_text
+from metalearn.run.config_check import component_name
 
 
 def results_record(cfg: DictConfig, scores: dict[str, float]) -> dict:
@@ -123,7 +123,7 @@ def write_results(output_dir: Path, record: Mapping) -> Path:
 def comparison_record(cfg: DictConfig, checkpoints: list[dict], pairs: list[dict],
                       alpha: float) -> dict:
     """comparison.json: the shared test episodes, each checkpoint's score, and each pair's paired
-    difference and tests (metalearn.statistics.pairwise_comparisons, `a` and `b` by id)."""
+    difference and tests (metalearn.evaluation.statistics.pairwise_comparisons, `a` and `b` by id)."""
     task = {key: value for key, value in results_record(cfg, {}).items() if key != "algorithm"}
     return {"task": task, "alpha": alpha,
             "correction": "Holm over all pairs, applied to the p-values of each test",

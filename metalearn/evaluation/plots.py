@@ -15,8 +15,8 @@ from lightning.pytorch.loggers import CSVLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from metalearn.evaluation.results import score_name
 from metalearn.files import atomic_write
-from metalearn.results import score_name
 
 Row = dict[str, float]  # one logging event: "step" and the metrics logged then
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from metalearn import MALLOC_SETTINGS
 from metalearn.errors import UserError
-from metalearn.sweeps import in_multirun, record_job_error
+from metalearn.run.sweeps import in_multirun, record_job_error
 
 
 def run_cli(function: Callable[..., Any], *args) -> Any:

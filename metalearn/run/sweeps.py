@@ -34,11 +34,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from metalearn.compose import checked_choice, config_choices, override_keys
 from metalearn.errors import UserError
+from metalearn.evaluation.results import markdown_table, score_name
+from metalearn.evaluation.statistics import seed_interval
 from metalearn.files import atomic_write, write_text
-from metalearn.results import markdown_table, score_name
-from metalearn.statistics import seed_interval
+from metalearn.run.compose import checked_choice, config_choices, override_keys
 
 # The results.json scores a summary reports, for classification and for regression runs.
 SCORE_KEYS = ("test_acc", "test_acc_ci95", "best_val_acc",

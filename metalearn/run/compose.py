@@ -19,10 +19,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from metalearn.build import settings_of
-from metalearn.config_check import component_name
 from metalearn.errors import UserError
 from metalearn.paths import CONFIG_DIR
+from metalearn.run.build import settings_of
+from metalearn.run.config_check import component_name
 
 # other names for an algorithm (the flag-style front end and the API accept them)
 ALGORITHM_ALIASES = {"prototypical": "protonet"}

@@ -23,23 +23,23 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn.algorithms.base import NonFiniteError
-from metalearn.build import build, instantiate_all, instantiate_trainer, validate
-from metalearn.checkpoints import (
+from metalearn.errors import UserError
+from metalearn.evaluation.plots import write_learning_curves
+from metalearn.evaluation.results import describe, results_record, write_results
+from metalearn.files import write_text
+from metalearn.run.build import build, instantiate_all, instantiate_trainer, validate
+from metalearn.run.checkpoints import (
     CONFIG_KEY,
     RUN_STATE_KEY,
     AtomicCheckpointIO,
     RunState,
     load_checkpoint,
 )
-from metalearn.config_check import component_name
-from metalearn.config_tree import print_config_tree
-from metalearn.errors import UserError
-from metalearn.files import write_text
-from metalearn.loggers import CSVLogger, end_wandb_runs, log_config, log_results
-from metalearn.plots import write_learning_curves
-from metalearn.results import describe, results_record, write_results
-from metalearn.run_dir import check_writable, claim, lock
-from metalearn.sweeps import optimized_value
+from metalearn.run.config_check import component_name
+from metalearn.run.config_tree import print_config_tree
+from metalearn.run.loggers import CSVLogger, end_wandb_runs, log_config, log_results
+from metalearn.run.run_dir import check_writable, claim, lock
+from metalearn.run.sweeps import optimized_value
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """meta_learning.py: a flag-style front end over the config train.py composes.
 
 Each flag sets a config key, `--set KEY=VALUE` passes any Hydra override through, and the run is
-`metalearn.training.train`, as with train.py: the same arguments give the same results.json.
+`metalearn.run.training.train`, as with train.py: the same arguments give the same results.json.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from metalearn.cli import run_cli
-from metalearn.compose import (
+from metalearn.errors import UserError, check_positive_number, check_whole_number
+from metalearn.paths import CONFIG_DIR
+from metalearn.run.compose import (
     ALGORITHM_ALIASES,
     algorithm_name,
     apply_settings,
@@ -23,9 +25,7 @@ from metalearn.compose import (
     override_keys,
     setting_keys,
 )
-from metalearn.errors import UserError, check_positive_number, check_whole_number
-from metalearn.paths import CONFIG_DIR
-from metalearn.training import train
+from metalearn.run.training import train
 
 # flag destination -> the config's setting name
 FLAG_SETTINGS = {

@@ -16,14 +16,14 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 
-from metalearn.config_check import (
+from metalearn.errors import UserError
+from metalearn.models.backbones import UserBackbone
+from metalearn.run.config_check import (
     check_algorithm_fits,
     check_config,
     check_episode_fits,
     component_name,
 )
-from metalearn.errors import UserError
-from metalearn.models.backbones import UserBackbone
 
 if TYPE_CHECKING:  # building imports Lightning only through the classes it instantiates
     from torch import nn
