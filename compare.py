@@ -7,6 +7,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from metalearn.cli import run_cli
+from metalearn.run.allocator import tune_malloc
 from metalearn.run.compare import compare
 from metalearn.run.compose import moved_key_overrides
 
@@ -17,5 +18,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    tune_malloc()  # before anything is built (metalearn/run/allocator.py says why)
     sys.argv = moved_key_overrides(sys.argv)
     main()

@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from metalearn.cli import run_cli
+from metalearn.run.allocator import tune_malloc
 from metalearn.run.compose import moved_key_overrides
 from metalearn.run.training import train_job
 
@@ -18,5 +19,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    tune_malloc()  # before anything is built (metalearn/run/allocator.py says why)
     sys.argv = moved_key_overrides(sys.argv)
     main()

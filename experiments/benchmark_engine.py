@@ -2,7 +2,7 @@
 
 1. Meta-training steps of the MAML family on Omniglot 5-way 1-shot, 15 queries, meta-batch 32,
    Conv4 (64 channels) and learn2learn's OmniglotFC: metalearn's step (`MetaLearner
-   .meta_train_step`, functional and learn2learn backends, and compiled) against a plain
+   .meta_train_step`, batched and per_task backends, and compiled) against a plain
    learn2learn loop written as learn2learn's examples/vision/maml_omniglot.py (clone, adapt,
    query loss, backward task by task, one Adam step), on the same tasks and initial weights.
 2. ProtoNet steps (5-way 1-shot and 20-way 5-shot) against a plain PyTorch step.
@@ -42,17 +42,18 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from metalearn import MALLOC_SETTINGS
 from metalearn.api import MetaLearner, TaskSampler, evaluating
 from metalearn.data.episodes import TaskBatch
+from metalearn.evaluation.protocol import score_episodes
 from metalearn.files import write_text
+from metalearn.run.allocator import tune_malloc
 from metalearn.run.build import build
 from metalearn.run.compose import compose_config
 from metalearn.run.training import train
 
 RESULTS = Path(__file__).parent / "results" / "bench.md"
 ALGORITHMS = ("protonet", "matchingnet", "relationnet", "siamese", "maml",
-              "maml algorithm.backend=learn2learn", "fomaml", "metasgd", "anil", "reptile",
+              "maml algorithm.backend=per_task", "fomaml", "metasgd", "anil", "reptile",
               "reptile algorithm.backend=per_task", "meta_lstm", "metanet", "mann", "ntm")
 
 
@@ -121,24 +122,24 @@ def maml_rows(batch: TaskBatch, repeats: int, compile_row: bool, quick: bool) ->
             ("Meta-SGD, Conv4, 1 step", "metasgd", None, 1, False),
             ("ANIL, Conv4, 1 step", "anil", None, 1, False),
             ("MAML, OmniglotFC, 1 step", "maml", fc, 1, True)]
-    lines = ["| step (Omniglot 5-way 1-shot, 32 tasks) | plain l2l s/step | functional | "
-             "learn2learn backend |" + (" functional, compiled |" if compile_row else ""),
+    lines = ["| step (Omniglot 5-way 1-shot, 32 tasks) | plain l2l s/step | batched | "
+             "per_task |" + (" batched, compiled |" if compile_row else ""),
              "|---|---|---|---|" + ("---|" if compile_row else "")]
     for label, algorithm, model, steps, compiled in rows[::5] if quick else rows:
         learners = {}
-        for backend in ("functional", "learn2learn"):
+        for backend in ("batched", "per_task"):
             torch.manual_seed(0)
             learners[backend] = MetaLearner(algorithm, None if model is None else model(),
                                             inner_steps=steps, backend=backend)
         if compile_row and compiled:
             torch.manual_seed(0)
             learners["compiled"] = MetaLearner(algorithm, None if model is None else model(),
-                                               inner_steps=steps, backend="functional",
+                                               inner_steps=steps, backend="batched",
                                                compile=True)
             started = time.perf_counter()
             learners["compiled"].meta_train_step(batch)
             compile_seconds = time.perf_counter() - started
-        module = learners["functional"].module
+        module = learners["batched"].module
         network = copy.deepcopy(module if algorithm == "anil" else module.learner.module).train()
         plain = plain_learn2learn_step(algorithm, network, steps, algorithm == "fomaml")
         contenders = {"plain": lambda: plain(batch)}
@@ -222,7 +223,8 @@ print((time.perf_counter() - started) / count)
     # forward on the 400 images of a 20-way 5-shot 15-query episode
     "layers": """
 import time, torch
-import metalearn
+from metalearn.run.allocator import tune_malloc
+tune_malloc()
 first, second = torch.nn.Conv2d(1, 64, 3, padding=1), torch.nn.Conv2d(64, 64, 3, padding=1)
 rates = []
 for layer, x in ((first, torch.rand(400, 1, 28, 28)), (second, torch.rand(400, 64, 14, 14))):
@@ -237,7 +239,8 @@ print(*rates)
 """,
     # resident memory before the first step and at its peak over two steps (MiB), VmHWM, as
     # getrusage's ru_maxrss keeps the parent's peak across exec; and the seconds of the second
-    # step. "functional per-task recomputed": with backward_per_task and checkpoint_inner_steps
+    # step. "batched backward_per_task recomputed": with backward_per_task and
+    # checkpoint_inner_steps
     "memory": """
 import re, sys, time, torch
 from metalearn.api import MetaLearner, TaskSampler
@@ -246,7 +249,7 @@ def status(key):
 backend, steps, shots = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 batch = TaskSampler("omniglot", n_way=5, k_shot=shots, query_size=15, seed=0).sample(32)
 settings = {"backend": backend.split()[0]}
-if "per-task" in backend:
+if "backward_per_task" in backend:
     settings["backward_per_task"] = True
 if "recomputed" in backend:
     settings["checkpoint_inner_steps"] = True
@@ -299,15 +302,15 @@ def allocator_rows(repeats: int) -> list[str]:
 
 
 def memory_rows(quick: bool) -> list[str]:
-    """Each contender in a fresh process: the batched functional backend, learn2learn's task by
-    task, and the functional backend recomputing the inner steps (checkpoint_inner_steps),
+    """Each contender in a fresh process: the batched backend, the per_task backend (learn2learn's
+    task by task), and the batched backend recomputing the inner steps (checkpoint_inner_steps),
     taking each task's meta-gradient at once (backward_per_task), or both."""
     lines = ["| MAML second order, Conv4, 32 tasks, 15 queries | backend | RSS before (MiB) | "
              "peak RSS (MiB) | peak - before | step (s) |", "|---|---|---|---|---|---|"]
     for shots, steps in ((1, 1),) if quick else ((1, 1), (1, 5), (1, 10), (5, 10)):
         # the batched backend's peak is several times the others' (5-shot: beyond this machine)
-        for backend in ("functional", "learn2learn", "functional recomputed",
-                        "functional per-task", "functional per-task recomputed")[shots > 1:]:
+        for backend in ("batched", "per_task", "batched recomputed", "batched backward_per_task",
+                        "batched backward_per_task recomputed")[shots > 1:]:
             before, peak, seconds = probe("memory", backend, str(steps), str(shots))
             lines.append(f"| {shots}-shot, {steps} inner step{'s' * (steps > 1)} | {backend} | "
                          f"{before:,.0f} | {peak:,.0f} | {peak - before:,.0f} | {seconds:.2f} |")
@@ -351,9 +354,9 @@ def train_rows(steps: int, algorithms: tuple[str, ...]) -> list[str]:
             sampling = (time.perf_counter() - started) / steps
             test = next(iter(datamodule.test_dataloader()))
             with evaluating(module), torch.no_grad():
-                module.score_episodes(test)  # warm-up
+                score_episodes(module, test)  # warm-up
                 started = time.perf_counter()
-                module.score_episodes(test)
+                score_episodes(module, test)
                 per_episode = (time.perf_counter() - started) / test.batch_size
         lines.append(f"| {row} | {tasks} | {tasks / step_seconds:,.1f} | "
                      f"{sampling / step_seconds:.1%} | {per_episode:.3f} |")
@@ -392,7 +395,7 @@ def main() -> None:
                f"{torch.get_num_threads()} torch threads, Python {platform.python_version()}, "
                f"torch {torch.__version__}, learn2learn {l2l.__version__}")
     text = [f"# Engine benchmark ({date.today().isoformat()})", "",
-            f"Machine: {machine}. {MALLOC_SETTINGS}.", "",
+            f"Machine: {machine}. {tune_malloc()}.", "",
             "Ratios are the reference's time over metalearn's, min / median / max over "
             f"{repeats} alternating rounds (above 1: metalearn is faster). Reproduce: "
             "`make bench` or `python experiments/benchmark_engine.py`."]
@@ -418,4 +421,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    tune_malloc()  # as the entry points do
     main()

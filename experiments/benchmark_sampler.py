@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    omniglot = Omniglot(f"{project_root()}/data")
+    omniglot = Omniglot(f"{project_root()}/data", split="lake", rotations=False)
     images = omniglot.splits["train"]
     vectorised = tasks_per_second(sample_classification_episodes, images, args.tasks, args.batch,
                                   args.repeats)

@@ -14,6 +14,12 @@ class UserError(Exception):
     """A bad config value, a missing or corrupt file, or a bad command-line argument."""
 
 
+class NonFiniteError(UserError):
+    """The meta-training loss or a meta-val or meta-test score became NaN or infinite: the run
+    stops, with one line like a config mistake, since the fix is a setting (learning rates,
+    clipping). Never a result."""
+
+
 def check_whole_number(name: str, value: Any, minimum: int = 1) -> int:
     """`value` if it is a whole number >= minimum; otherwise a UserError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
+from metalearn.evaluation.protocol import score_episodes
 from metalearn.paths import project_root
 from metalearn.run.compose import compose_config
 from tests.budgets import BUDGETS
@@ -26,7 +27,7 @@ def mean_query_score(model, episodes) -> float:
     """Mean query score (accuracy, or MSE for regression) of `model.adapt_and_predict` over the
     batches of `episodes`."""
     model.eval()
-    return torch.cat([model.score_episodes(batch) for batch in episodes]).mean().item()
+    return torch.cat([score_episodes(model, batch) for batch in episodes]).mean().item()
 
 
 @pytest.fixture

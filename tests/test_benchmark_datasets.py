@@ -262,18 +262,21 @@ def rng():
                                       "mini-imagenet-cache-validation.pkl"])
 def test_mini_imagenet_pickles(val_name, tmp_path, rng):
     written = write_mini_pickles(tmp_path / "mini", rng, val_name=val_name)
-    tasks = MiniImageNet(str(tmp_path / "mini"), str(tmp_path / "data"), image_size=8)
+    tasks = MiniImageNet(str(tmp_path / "mini"), str(tmp_path / "data"), image_size=8,
+                         download=False)
     check_dataset(tasks, written)
     assert (tmp_path / "data" / "mini_imagenet" / "cache" / "8px_3ch" / "index.json").is_file()
 
 
 def test_mini_imagenet_images_and_csv_files(tmp_path, rng):
     written = write_mini_csvs(tmp_path / "mini", rng)
-    check_dataset(MiniImageNet(str(tmp_path / "mini"), str(tmp_path), image_size=8), written)
+    check_dataset(MiniImageNet(str(tmp_path / "mini"), str(tmp_path), image_size=8,
+                               download=False), written)
 
 
 def test_mini_imagenet_missing_pickle(tmp_path, rng, no_network):
-    message = user_error(lambda: MiniImageNet(str(tmp_path / "mini"), str(tmp_path)))
+    message = user_error(lambda: MiniImageNet(str(tmp_path / "mini"), str(tmp_path),
+                                              download=False))
     assert "mini-imagenet-cache-train.pkl" in message and str(tmp_path / "mini") in message
     assert f"{ZENODO}/mini-imagenet-cache-train.pkl" in message
     assert "dataset.download=true" in message
@@ -314,22 +317,27 @@ def test_mini_imagenet_files_not_in_the_format(tmp_path, rng):
     write_mini_pickles(root, rng)
     write_pickle(root / "mini-imagenet-cache-val.pkl", {"image_data": np.zeros((1, 8, 8, 3),
                                                                                np.uint8)})
-    message = user_error(lambda: MiniImageNet(str(root), str(tmp_path), image_size=8))
+    message = user_error(lambda: MiniImageNet(str(root), str(tmp_path), image_size=8,
+                                              download=False))
     assert str(root / "mini-imagenet-cache-val.pkl") in message and "class_dict" in message
     (root / "mini-imagenet-cache-val.pkl").write_bytes(b"not a pickle")
-    message = user_error(lambda: MiniImageNet(str(root), str(tmp_path), image_size=8))
+    message = user_error(lambda: MiniImageNet(str(root), str(tmp_path), image_size=8,
+                                              download=False))
     assert str(root / "mini-imagenet-cache-val.pkl") in message
 
     csv_root = tmp_path / "csv"
     write_mini_csvs(csv_root, rng)
     (csv_root / "val.csv").write_text("name,class\nx.jpg,n1\n")
-    message = user_error(lambda: MiniImageNet(str(csv_root), str(tmp_path), image_size=8))
+    message = user_error(lambda: MiniImageNet(str(csv_root), str(tmp_path), image_size=8,
+                                              download=False))
     assert str(csv_root / "val.csv") in message and "filename,label" in message
     (csv_root / "val.csv").write_text("filename,label\nn0missing.jpg,n0val\n")
-    message = user_error(lambda: MiniImageNet(str(csv_root), str(tmp_path), image_size=8))
+    message = user_error(lambda: MiniImageNet(str(csv_root), str(tmp_path), image_size=8,
+                                              download=False))
     assert str(csv_root / "val.csv") in message and "no image" in message
     (csv_root / "test.csv").unlink()
-    message = user_error(lambda: MiniImageNet(str(csv_root), str(tmp_path), image_size=8))
+    message = user_error(lambda: MiniImageNet(str(csv_root), str(tmp_path), image_size=8,
+                                              download=False))
     assert "test.csv" in message and "twitter/meta-learning-lstm" in message
 
 
@@ -370,12 +378,13 @@ def test_cifar_fs_split_is_bertinetto_s_of_cifar100():
 
 def test_cifar_fs_from_the_authors_release(tmp_path, rng):
     written = write_cifar_fs_release(tmp_path / "cifar_fs", rng)
-    check_dataset(CifarFS(str(tmp_path / "cifar_fs"), str(tmp_path), image_size=8), written)
+    check_dataset(CifarFS(str(tmp_path / "cifar_fs"), str(tmp_path), image_size=8, download=False),
+                          written)
 
 
 def test_cifar_fs_from_cifar100(tmp_path, rng):
     images = write_cifar100(tmp_path / "cifar_fs", rng)
-    tasks = CifarFS(str(tmp_path / "cifar_fs"), str(tmp_path))
+    tasks = CifarFS(str(tmp_path / "cifar_fs"), str(tmp_path), download=False)
     assert [tasks.num_classes(split) for split in SPLITS] == [64, 16, 20]
     check_dataset(tasks, {split: {name: images[name] for name in names}
                           for split, names in CIFAR_FS_SPLIT.items()})
@@ -389,7 +398,7 @@ def test_cifar_fs_unpacks_an_archive_in_root(tmp_path, rng, monkeypatch):
     root.mkdir()
     with tarfile.open(root / "cifar-100-python.tar.gz", "w:gz") as archive:
         archive.add(tmp_path / "source" / "cifar-100-python", "cifar-100-python")
-    tasks = CifarFS(str(root), str(tmp_path / "data_tar"))
+    tasks = CifarFS(str(root), str(tmp_path / "data_tar"), download=False)
     assert tasks.splits["test"].names == CIFAR_FS_SPLIT["test"]
     np.testing.assert_array_equal(cached(tasks, "val")["otter"], images["otter"])
 
@@ -409,25 +418,25 @@ def test_cifar_fs_unpacks_an_archive_in_root(tmp_path, rng, monkeypatch):
 
 def test_cifar_fs_missing_and_malformed_files(tmp_path, rng):
     root = tmp_path / "cifar_fs"
-    message = user_error(lambda: CifarFS(str(root), str(tmp_path)))
+    message = user_error(lambda: CifarFS(str(root), str(tmp_path), download=False))
     assert "cifar100/" in message and "cifar-100-python/" in message and str(root) in message
     assert f"{ZENODO}/cifar100.zip" in message and CIFAR100_URL in message
     write_cifar_fs_release(root, rng)
     split_file = root / "cifar100" / "splits" / "bertinetto" / "val.txt"
     split_file.write_text(split_file.read_text() + "unicorn\n")
-    message = user_error(lambda: CifarFS(str(root), str(tmp_path), image_size=8))
+    message = user_error(lambda: CifarFS(str(root), str(tmp_path), image_size=8, download=False))
     assert str(split_file) in message and "'unicorn'" in message
     split_file.unlink()
-    message = user_error(lambda: CifarFS(str(root), str(tmp_path), image_size=8))
+    message = user_error(lambda: CifarFS(str(root), str(tmp_path), image_size=8, download=False))
     assert "val.txt" in message and f"{ZENODO}/cifar100.zip" in message
 
     other = tmp_path / "other"
     write_cifar100(other, rng)
     write_pickle(other / "cifar-100-python" / "meta", {b"coarse_label_names": []})
-    message = user_error(lambda: CifarFS(str(other), str(tmp_path)))
+    message = user_error(lambda: CifarFS(str(other), str(tmp_path), download=False))
     assert str(other / "cifar-100-python" / "meta") in message
     (other / "cifar-100-python" / "train").unlink()
-    message = user_error(lambda: CifarFS(str(other), str(tmp_path)))
+    message = user_error(lambda: CifarFS(str(other), str(tmp_path), download=False))
     assert "no train in" in message and CIFAR100_URL in message
 
 
@@ -435,12 +444,13 @@ def test_cifar_fs_missing_and_malformed_files(tmp_path, rng):
 
 def test_fc100_pickles(tmp_path, rng):
     written = write_fc100_pickles(tmp_path / "fc100", rng)
-    check_dataset(FC100(str(tmp_path / "fc100"), str(tmp_path), image_size=8), written)
+    check_dataset(FC100(str(tmp_path / "fc100"), str(tmp_path), image_size=8, download=False),
+                        written)
 
 
 def test_fc100_from_cifar100_by_superclass(tmp_path, rng):
     images = write_cifar100(tmp_path / "fc100", rng)
-    tasks = FC100(str(tmp_path / "fc100"), str(tmp_path))
+    tasks = FC100(str(tmp_path / "fc100"), str(tmp_path), download=False)
     assert [tasks.num_classes(split) for split in SPLITS] == [60, 20, 20]
     expected = {split: {name: images[name] for name in CIFAR100_FINE
                         if any(name in CIFAR100_SUPERCLASSES[superclass]
@@ -451,7 +461,7 @@ def test_fc100_from_cifar100_by_superclass(tmp_path, rng):
 
 def test_fc100_missing_and_malformed_files(tmp_path, rng, no_network):
     root = tmp_path / "fc100"
-    message = user_error(lambda: FC100(str(root), str(tmp_path)))
+    message = user_error(lambda: FC100(str(root), str(tmp_path), download=False))
     assert "FC100_train.pickle" in message and str(root) in message
     assert f"{ZENODO}/fc100.zip" in message and CIFAR100_URL in message
     write_fc100_pickles(root, rng)
@@ -459,7 +469,7 @@ def test_fc100_missing_and_malformed_files(tmp_path, rng, no_network):
     message = user_error(lambda: FC100(str(root), str(tmp_path), download=True))
     assert "FC100_val.pickle" in message and f"downloading {ZENODO}/fc100.zip failed" in message
     write_pickle(root / "FC100_val.pickle", {"data": np.zeros((2, 8, 8, 3), np.uint8)})
-    message = user_error(lambda: FC100(str(root), str(tmp_path), image_size=8))
+    message = user_error(lambda: FC100(str(root), str(tmp_path), image_size=8, download=False))
     assert str(root / "FC100_val.pickle") in message and "'labels'" in message
 
 
@@ -470,7 +480,7 @@ def test_cub_chen_split(root_is_parent, tmp_path, rng):
     written = write_cub(tmp_path / CUB_FOLDER, rng)
     assert [len(written[split]) for split in SPLITS] == [100, 50, 50]
     root = tmp_path if root_is_parent else tmp_path / CUB_FOLDER
-    tasks = CUB(str(root), str(tmp_path / "data"), image_size=8)
+    tasks = CUB(str(root), str(tmp_path / "data"), image_size=8, download=False)
     check_dataset(tasks, written)
     assert tasks.splits["train"].names[:2] == ("001.Bird_1", "003.Bird_3")
     assert tasks.splits["val"].names[:2] == ("002.Bird_2", "006.Bird_6")
@@ -478,23 +488,24 @@ def test_cub_chen_split(root_is_parent, tmp_path, rng):
 
 
 def test_cub_missing_and_malformed_files(tmp_path, rng):
-    message = user_error(lambda: CUB(str(tmp_path / "birds"), str(tmp_path)))
+    message = user_error(lambda: CUB(str(tmp_path / "birds"), str(tmp_path), download=False))
     assert "images.txt" in message and str(tmp_path / "birds") in message
     assert "CUB_200_2011.tgz" in message and "data.caltech.edu" in message
     folder = tmp_path / CUB_FOLDER
     write_cub(folder, rng)
     (folder / "image_class_labels.txt").unlink()
-    message = user_error(lambda: CUB(str(folder), str(tmp_path), image_size=8))
+    message = user_error(lambda: CUB(str(folder), str(tmp_path), image_size=8, download=False))
     assert "image_class_labels.txt" in message and str(folder) in message
     (folder / "image_class_labels.txt").write_text("1 1\n2 x\n")
-    message = user_error(lambda: CUB(str(folder), str(tmp_path), image_size=8))
+    message = user_error(lambda: CUB(str(folder), str(tmp_path), image_size=8, download=False))
     assert str(folder / "image_class_labels.txt") in message and "line 2" in message
 
 
 def test_settings_are_checked(tmp_path):
-    message = user_error(lambda: CUB(str(tmp_path), str(tmp_path), normalize=[[0.5], [0.5]]))
+    message = user_error(lambda: CUB(str(tmp_path), str(tmp_path), normalize=[[0.5], [0.5]],
+                                     download=False))
     assert message.startswith("dataset.normalize=")
-    message = user_error(lambda: FC100(str(tmp_path), str(tmp_path), channels=2))
+    message = user_error(lambda: FC100(str(tmp_path), str(tmp_path), channels=2, download=False))
     assert message.startswith("dataset.channels=2")
     assert benchmark_files.url_name(f"{ZENODO}/cifar100.zip") == "cifar100.zip"
 

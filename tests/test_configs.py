@@ -1,29 +1,36 @@
 """Every config composes and builds: each algorithm with each dataset it supports, every named
 experiment, every hyperparameter search at the ends of its search space, and one fast_dev_run
-(debug=fdr) per algorithm through train.py's own function."""
+(debug=fdr) per algorithm through train.py's own function. A config's values are its target's
+constructor defaults, so the Python API and train.py start from the same settings."""
 
 from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
-from hydra.utils import get_class
-from omegaconf import DictConfig
+from hydra.utils import get_class, get_object
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from metalearn.algorithms.base import EpisodicModule
 from metalearn.data.datamodule import EpisodicDataModule
 from metalearn.data.episodes import ClassExamples
 from metalearn.data.task_family import ClassificationTaskFamily
-from metalearn.paths import CONFIG_DIR
+from metalearn.paths import CONFIG_DIR, component_name
 from metalearn.run.build import build
 from metalearn.run.compose import compose_config, config_choices
-from metalearn.run.config_check import component_name
+from metalearn.run.config_check import accepted_arguments
 from metalearn.run.training import train
 from tests.conftest import make_config
 
 ALGORITHMS = config_choices("algorithm")
+# the config groups whose configs build an object (_target_), each mirroring a constructor
+TARGET_GROUPS = ("algorithm", "dataset", "backbone", "episode")
 # the datasets that build without a user's files (the others: tests/test_datasets.py)
 DATASETS = ["omniglot", "sinusoid"]
 
@@ -41,9 +48,68 @@ def supported_pairs() -> list[tuple[str, str]]:
 
 
 def test_every_algorithm_and_dataset_has_a_config():
-    assert len(ALGORITHMS) == 16 and set(DATASETS) <= set(config_choices("dataset"))
+    # Hydra's options are the config files (no count: a new algorithm needs no test edit)
+    assert ALGORITHMS == sorted(path.stem for path in (CONFIG_DIR / "algorithm").glob("*.yaml"))
+    assert set(DATASETS) <= set(config_choices("dataset"))
     regression = [algorithm for algorithm, dataset in supported_pairs() if dataset == "sinusoid"]
     assert regression == ["fomaml", "maml", "metasgd", "reptile"]
+
+
+def own_node(path: Path) -> DictConfig:
+    """A config file's own node (under its group's key where it is packaged globally), on the
+    configs of its group that it extends (`defaults: [maml]`)."""
+    raw = OmegaConf.load(path)
+    extended = [entry for entry in raw.pop("defaults", [])
+                if isinstance(entry, str) and entry != "_self_"]
+    node = raw if "_target_" in raw else raw[path.parent.name]
+    return OmegaConf.merge(*(own_node(path.with_name(f"{name}.yaml")) for name in extended), node)
+
+
+def constructor_default(target: Any, name: str) -> Any:
+    """The default of argument `name` of a class's constructor (or a function's), where
+    accepted_arguments finds the argument: on the class or, through `**kwargs`, a base class."""
+    functions = ([vars(klass)["__init__"] for klass in target.__mro__ if "__init__" in vars(klass)]
+                 if isinstance(target, type) else [target])
+    for function in functions:
+        parameter = inspect.signature(function).parameters.get(name)
+        if parameter is not None and parameter.kind != parameter.VAR_KEYWORD:
+            return parameter.default
+    return inspect.Parameter.empty
+
+
+def as_tuples(value: Any) -> Any:
+    """A YAML's lists and a constructor's tuples alike, for comparing."""
+    if isinstance(value, list | tuple):
+        return tuple(as_tuples(item) for item in value)
+    return value
+
+
+def test_every_config_default_equals_its_constructor_default():
+    """A Python user who builds a class gets the settings train.py runs with: each value of a
+    config with a _target_ is its constructor's default, where the constructor has one (but for
+    interpolations such as ${paths.data_dir} and factories such as optimizers)."""
+    disagreements = []
+    for group in TARGET_GROUPS:
+        for path in sorted((CONFIG_DIR / group).glob("*.yaml")):
+            node = own_node(path)
+            target = get_object(node._target_)
+            for key in accepted_arguments(target):
+                if (key not in node or OmegaConf.is_interpolation(node, key)
+                        or OmegaConf.is_missing(node, key)):
+                    continue
+                value = node[key]
+                if isinstance(value, DictConfig) and {"_target_", "_partial_"} & set(value):
+                    continue
+                default = constructor_default(target, key)
+                if default is inspect.Parameter.empty:
+                    continue
+                if isinstance(value, DictConfig | ListConfig):
+                    value = OmegaConf.to_container(value)
+                if as_tuples(value) != as_tuples(default):
+                    disagreements.append(
+                        f"{path.relative_to(CONFIG_DIR)}: {key}: {value!r} in the YAML, "
+                        f"{default!r} in {node._target_}'s constructor")
+    assert not disagreements, "\n".join(disagreements)
 
 
 @pytest.mark.parametrize(("algorithm", "dataset"), supported_pairs())
@@ -120,7 +186,7 @@ def test_each_hyperparameter_search_builds_at_the_ends_of_its_space(search, tmp_
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_fast_dev_run_of_each_algorithm(algorithm, tmp_path):
     """One meta-training step, one validation and one test batch of each algorithm's default
-    config (2 tasks a step and a smaller Conv4 where it has one, to keep 16 runs short)."""
+    config (2 tasks a step and a smaller Conv4 where it has one, to keep the runs short)."""
     overrides = [f"algorithm={algorithm}", "debug=fdr", "episode.eval_batch_size=2",
                  "episode.meta_batch_size=2"]
     if make_config(overrides, tmp_path).backbone.get("hidden_channels"):

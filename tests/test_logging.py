@@ -22,8 +22,9 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from wandb.proto import wandb_internal_pb2
 
-from metalearn import MetaLearner, TaskSampler, loggers, progress
+from metalearn import MetaLearner, TaskSampler
 from metalearn.evaluation.plots import MetricHistory, csv_rows, logged_rows
+from metalearn.run import loggers, progress
 from metalearn.run.training import train
 from tests.conftest import make_config
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metalearn.algorithms.meta_lstm import MetaLearnerState, MetaLSTM, preprocess
+from metalearn.algorithms.meta_lstm import MetaLearnerState, MetaLSTM
 from metalearn.data.episodes import Task, TaskBatch
 from metalearn.models.backbones import Conv4
+from metalearn.models.gradient_preprocessing import preprocess
 from metalearn.run.training import train
 from tests.budgets import BUDGETS
 from tests.conftest import make_config

@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalearn.algorithms.meta_lstm import preprocess
-from metalearn.algorithms.metanet import AugmentedLinear, MetaNet, distinct_pairs, read_memory
+from metalearn.algorithms.metanet import MetaNet, distinct_pairs
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
 from metalearn.models.backbones import Conv4
+from metalearn.models.fast_weights import AugmentedLinear, read_memory
+from metalearn.models.gradient_preprocessing import preprocess
 from metalearn.run.build import build
 from metalearn.run.training import train
 from tests.budgets import BUDGETS

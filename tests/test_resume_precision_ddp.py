@@ -141,7 +141,7 @@ def test_mixed_precision_inner_loops_run_in_float32(tmp_path, algorithm):
         assert (mixed - exact).norm() < tolerance * exact.norm(), dtype
 
 
-@pytest.mark.parametrize("backend", ["functional", "learn2learn"])
+@pytest.mark.parametrize("backend", ["batched", "per_task"])
 def test_maml_support_pass_is_float32_and_query_pass_bf16_under_autocast(tmp_path, backend):
     cfg = make_config(["algorithm=maml", f"algorithm.backend={backend}",
                        "episode.meta_batch_size=2", "backbone.hidden_channels=16", *TINY],
@@ -151,19 +151,20 @@ def test_maml_support_pass_is_float32_and_query_pass_bf16_under_autocast(tmp_pat
     full, _ = model.meta_train_loss(batch)
     # the network each backend runs: learn2learn's clones share the learner's modules; the
     # functional backend runs a copy of its structure on all tasks at once
-    network = model.loop().model.structure if backend == "functional" else model.learner.module
+    network = (model.task_batched_loop().network.structure if backend == "batched"
+               else model.learner.module)
     activations = []
     first_conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d))
     first_conv.register_forward_hook(lambda m, i, out: activations.append(out.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # what precision=bf16-mixed runs under
         mixed, _ = model.meta_train_loss(batch)
         adapted, _ = model.adapt_tasks(batch.support_x, batch.support_y, 1)
-        adapted_dtypes = {w.dtype for w in (adapted.values() if backend == "functional"
+        adapted_dtypes = {w.dtype for w in (adapted.values() if backend == "batched"
                                             else adapted[0].parameters())}
     # the support passes in float32, then the query passes on the adapted weights in bf16:
     # learn2learn's backend runs both task by task; the functional one adapts all tasks in one
     # pass, and its queries run task by task (autocast does not reach inside vmap)
-    support = [torch.float32] * (1 if backend == "functional" else 2)
+    support = [torch.float32] * (1 if backend == "batched" else 2)
     expected = support + [torch.bfloat16] * 2
     assert activations[:len(expected)] == expected
     assert adapted_dtypes == {torch.float32}  # the inner-loop weights stay float32

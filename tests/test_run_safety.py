@@ -17,8 +17,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from metalearn import MetaLearner, TaskSampler, cpu_time
+from metalearn import MetaLearner, TaskSampler
 from metalearn.errors import UserError
+from metalearn.run import cpu_time
 from metalearn.run.compose import compose_config
 from metalearn.run.evaluate import evaluate
 from metalearn.run.training import train

@@ -126,9 +126,11 @@ def write_fake_job(sweep_dir: Path, num: int, record: dict | None, error: str | 
 
 def test_summary_lists_failed_jobs_and_orders_jobs_by_number(tmp_path, capsys):
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)},
-                                         "overrides": {"task": ["episode.k_shot=0,2,3,10"]}}})
+                                         "overrides": {"task": ["episode.k_shot=0,2,3,10"],
+                                                       "hydra": []}}})
     summary = SweepSummary()
-    summary.on_multirun_start(config)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):  # as in an app
+        summary.on_multirun_start(config, config_name="train")
     ok = {"test_acc": 0.5, "test_acc_ci95": 0.25, "best_val_acc": 0.75, "train_steps": 4}
     write_fake_job(tmp_path, 10, ok)
     write_fake_job(tmp_path, 2, None)

@@ -1,7 +1,8 @@
 """The episodic Lightning base every algorithm derives from.
 
-It owns what all algorithms share: meta-batches in, the training loss and its logging, per-episode
-scores on meta-val and meta-test with their 95% confidence interval, the optimiser, and the check
+It owns what all algorithms share: meta-batches in, the training loss and its logging, meta-val
+scores with their 95% confidence interval (scored by the evaluation protocol,
+metalearn/evaluation/protocol.py, which also runs the meta-test), the optimiser, and the check
 that stops a run whose loss stops being finite. An algorithm implements two things:
 
 - `meta_train_loss(batch)`: the loss to minimise on a batch of tasks, with the query predictions;
@@ -9,36 +10,36 @@ that stops a run whose loss stops being finite. An algorithm implements two thin
   function that predicts its queries (class scores, or regression outputs). `steps` is the number
   of inner steps of the algorithms that adapt by gradient steps; the others adapt in one pass.
 
-Evaluation, the Python API and the entry points only ever call these, so they never branch on the
-algorithm's name.
+Evaluation, the Python API and the entry points only ever call these (and `predict_episodes`,
+which adapts to a batch of tasks, one by one unless an algorithm batches them), so they never
+branch on the algorithm's name. An algorithm may report more per-episode scores beside its own
+(`extra_episode_scores`).
 """
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics.aggregation import CatMetric
 
-from metalearn.data.episodes import TaskBatch, seeded_generator
-from metalearn.errors import UserError
-from metalearn.evaluation.statistics import mean_and_ci95
+from metalearn.data.episodes import TaskBatch
+from metalearn.errors import NonFiniteError, UserError
+from metalearn.evaluation.protocol import EpisodeScores, episode_scores
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
+
+    from metalearn.data.datamodule import EpisodicDataModule
 
 TASK_TYPES = ("classification", "regression")
 
 #: predicts the queries of the task an algorithm adapted to: query_x -> scores or outputs
 Predictor = Callable[[Tensor], Tensor]
-
-
-class NonFiniteError(UserError):
-    """The meta-training loss or a meta-val or meta-test score became NaN or infinite: the run
-    stops, with one line like a config mistake, since the fix is a setting (learning rates,
-    clipping). Never a result."""
 
 
 class EpisodicModule(L.LightningModule):
@@ -61,8 +62,11 @@ class EpisodicModule(L.LightningModule):
     #: `output_layer=False`), as for algorithms that adapt a whole network; otherwise it is the
     #: embedding, and the algorithm adds what it needs on top.
     user_network_is_learner: bool = False
+    #: whether the algorithm adapts by a number of gradient steps (`adapt(..., steps)`), which
+    #: evaluation can vary (eval.inner_steps); the others adapt in one pass.
+    adapts_by_steps: bool = False
     #: whether meta-training is supervised pre-training on batches of meta-train examples with
-    #: their class indices (ExampleBatch, of `batch_size` examples) rather than on tasks.
+    #: their class indices (ExampleBatch, from its `training_stream`) rather than on tasks.
     trains_on_examples: bool = False
 
     def __init__(
@@ -81,14 +85,13 @@ class EpisodicModule(L.LightningModule):
         self.outer_lr = outer_lr
         self.optimizer_factory = optimizer or torch.optim.Adam
         self.scheduler_factory = scheduler
-        #: test-time augmentation: (view, count) scores each test episode by the class
-        #: probabilities averaged over `count` views made by view(batch, generator); None: none
-        self.test_views: tuple[Callable[[TaskBatch, torch.Generator], TaskBatch], int] | None = None
-        # nan_strategy="disable": a diverged episode makes the mean NaN instead of vanishing
-        self.episode_scores = {"val": CatMetric(nan_strategy="disable"),
-                               "test": CatMetric(nan_strategy="disable")}
-        for split, metric in self.episode_scores.items():
-            self.add_module(f"{split}_episode_scores", metric)
+        self.val_scores = EpisodeScores()
+
+    def training_stream(self, data: EpisodicDataModule, rank: int = 0,
+                        world_size: int = 1) -> Dataset:
+        """What meta-training steps take, item i for step i (this process's share: `rank` of
+        `world_size`), asked of the data module when fitting starts: batches of tasks."""
+        return data.task_stream(rank, world_size)
 
     # What an algorithm implements -------------------------------------------------------------
     @abstractmethod
@@ -100,7 +103,8 @@ class EpisodicModule(L.LightningModule):
         """Learns one task from its support set; returns the function predicting its queries.
 
         `steps`: inner steps, for the algorithms that adapt by gradient steps (None: their
-        `test_inner_steps`); the others adapt in one pass and refuse a number (`one_pass`).
+        `test_inner_steps`); the others adapt in one pass and refuse a number
+        (`refuse_inner_steps`).
         """
 
     # Shared ------------------------------------------------------------------------------------
@@ -108,7 +112,7 @@ class EpisodicModule(L.LightningModule):
         """Adapts to one task's support set and returns its query predictions [Q, ...]."""
         return self.adapt(support_x, support_y)(query_x)
 
-    def one_pass(self, steps: int | None) -> None:
+    def refuse_inner_steps(self, steps: int | None) -> None:
         """For algorithms that adapt in one pass over the support set: refuses a step count."""
         if steps is not None:
             raise UserError(f"{type(self).__name__} adapts in one pass over the support set; "
@@ -148,58 +152,26 @@ class EpisodicModule(L.LightningModule):
         self.log(f"train/{self.score_name}", score, prog_bar=True)
         return loss
 
-    def predict_episodes(self, batch: TaskBatch) -> Tensor:
+    def predict_episodes(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Adapts to each task of the batch in turn and predicts its queries: [B, Q, ...]."""
-        return torch.stack([self.adapt_and_predict(task.support_x, task.support_y, task.query_x)
+        return torch.stack([self.adapt(task.support_x, task.support_y, steps)(task.query_x)
                             for task in batch.tasks()])
 
-    def score_episodes(self, batch: TaskBatch, views: int = 1,
-                       view: Callable[[TaskBatch, torch.Generator], TaskBatch] | None = None,
-                       generator: torch.Generator | None = None) -> Tensor:
-        """Each task's query score [B]; with `views` > 1, from the class probabilities averaged
-        over that many views of the batch, view(batch, generator) each (support and query)."""
-        if views == 1:
-            return self.episode_score(self.predict_episodes(batch), batch.query_y)
-        probabilities = sum(self.predict_episodes(view(batch, generator)).softmax(-1)
-                            for _ in range(views))
-        return self.episode_score(probabilities, batch.query_y)
-
-    def evaluate_episodes(self, batch: TaskBatch, split: str, batch_idx: int = 0) -> None:
-        if split == "test" and self.test_views is not None:
-            view, count = self.test_views
-            # the views of test batch i are a fixed function of i, as its episodes are
-            generator = seeded_generator(count, batch_idx)
-            scores = self.score_episodes(batch, count, view, generator)
-        else:
-            scores = self.score_episodes(batch)
-        self.episode_scores[split].update(scores)
-
-    def report_episodes(self, split: str) -> dict[str, float]:
-        """The mean score of the split's episodes, its 95% interval, and how many were scored."""
-        scores = self.episode_scores[split].compute()
-        self.episode_scores[split].reset()
-        mean, ci95 = mean_and_ci95(scores)
-        if not math.isfinite(mean):
-            raise NonFiniteError(f"the meta-{split} {self.score_name} became {mean} at step "
-                                 f"{self.global_step}")
-        results = {f"{split}/{self.score_name}": mean, f"{split}/{self.score_name}_ci95": ci95,
-                   f"{split}/episodes": scores.numel()}
-        self.log_dict(results, prog_bar=split == "val", sync_dist=False)
-        return results
+    def extra_episode_scores(self, batch: TaskBatch) -> dict[str, Tensor]:
+        """Per-episode scores [B] the algorithm reports beside its own, by name (none here);
+        evaluation reports each one's mean and 95% interval as `<split>/<name>`."""
+        return {}
 
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self.evaluate_episodes(batch, "val")
+        self.val_scores.update(episode_scores(self, batch))
 
     def on_validation_epoch_end(self) -> None:
-        self.report_episodes("val")
-
-    def test_step(self, batch: TaskBatch, batch_idx: int) -> None:
-        self.evaluate_episodes(batch, "test", batch_idx)
-
-    def on_test_epoch_end(self) -> None:
-        #: each test episode's score in episode order, for paired comparisons on the same episodes
-        self.test_scores_per_episode = self.episode_scores["test"].compute().flatten().cpu()
-        self.test_results = self.report_episodes("test")
+        results, _ = self.val_scores.summary("val", self.score_name, self.global_step)
+        own = {key: results[key] for key in
+               (f"val/{self.score_name}", f"val/{self.score_name}_ci95", "val/episodes")}
+        self.log_dict(own, prog_bar=True, sync_dist=False)
+        self.log_dict({key: value for key, value in results.items() if key not in own},
+                      sync_dist=False)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.parameters(), lr=self.outer_lr)

@@ -3,8 +3,8 @@ Huang, "A Closer Look at Few-shot Classification", ICLR 2019) and RFS (Tian, Wan
 Tenenbaum and Isola, "Rethinking Few-Shot Image Classification", ECCV 2020).
 
 None of them is meta-learned. The backbone and a classifier over all meta-train classes are trained
-as an ordinary classifier, on batches of meta-train examples with their class indices (the data
-module's example stream, `ExampleBatch`); a new task is then learned by a classifier fitted to the
+as an ordinary classifier, on batches of meta-train examples with their class indices (the
+`training_stream` it asks of the data module: the dataset's labelled examples); a new task is then learned by a classifier fitted to the
 frozen backbone's features of its support set. Meta-val and meta-test are the fixed episodes every
 other algorithm is scored on, so tables compare like with like.
 
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalearn.algorithms.base import EpisodicModule, Predictor
+from metalearn.data.datamodule import EpisodicDataModule, ExampleStream
 from metalearn.data.episodes import ExampleBatch, TaskBatch
 from metalearn.errors import UserError
 
@@ -67,11 +68,15 @@ class FineTuningModule(EpisodicModule):
         scores = self.classifier(self.backbone(batch.x))
         return F.cross_entropy(scores, batch.y), scores
 
+    def training_stream(self, data: EpisodicDataModule, rank: int = 0,
+                        world_size: int = 1) -> ExampleStream:
+        return data.example_stream(self.batch_size, rank, world_size)
+
     def training_step(self, batch: ExampleBatch, batch_idx: int) -> Tensor:
-        if isinstance(batch, TaskBatch):  # the Python API's meta_train_step(tasks)
+        if isinstance(batch, TaskBatch):
             raise UserError(f"{type(self).__name__} pre-trains on meta-train examples with their "
-                            "classes, not on tasks; train it with MetaLearner.fit(sampler) or "
-                            "train.py")
+                            "classes, not on tasks; its training steps take batches of examples, "
+                            "not a batch of tasks")
         loss, scores = self.checked_meta_train_loss(batch, self.global_step)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", (scores.detach().argmax(-1) == batch.y).float().mean(),
@@ -109,12 +114,13 @@ class FineTuningModule(EpisodicModule):
 
         return full_precision
 
-    def predict_episodes(self, batch: TaskBatch) -> Tensor:
+    def predict_episodes(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
         """Fits the classifiers of the batch's tasks together: [B, Q, N]."""
+        self.refuse_inner_steps(steps)
         classify = self.fitted(self.batch_features(batch.support_x), batch.support_y)
         return classify(self.batch_features(batch.query_x))
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
-        self.one_pass(steps)
+        self.refuse_inner_steps(steps)
         classify = self.fitted(self.batch_features(support_x[None]), support_y[None])
         return lambda query_x: classify(self.batch_features(query_x[None]))[0]

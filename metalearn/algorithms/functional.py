@@ -1,20 +1,20 @@
-"""The functional backend of the gradient-based algorithms: inner loops of all the tasks of a
-meta-batch at once, on `torch.func`.
+"""The batched backend of the gradient-based algorithms (metalearn/algorithms/backends.py): inner
+loops of all the tasks of a meta-batch at once, on `torch.func`.
 
 A task's adaptation is a pure function of the shared weights: `functional_call` runs the network
 on explicit weight tensors, `torch.func.grad` takes the support loss's gradient, and the update
 rule (SGD of one step size, Meta-SGD's per-coordinate rates, Adam) gives the next weights;
 `vmap` runs that function for every task of the meta-batch in one pass of batched operations, and
 ordinary autograd differentiates through it (second order) unless the gradients are detached
-(first order). The learn2learn backend computes the same numbers task by task (a test holds the
-two to 1e-8 in float64).
+(first order). The per_task backend computes the same numbers task by task (a test holds the two
+to 1e-8 in float64).
 
 BatchNorm. The fused batch_norm kernel's second derivatives under vmap were 3e-2 off in float64,
 so the network runs through a structural copy (its tensors on the meta device: every weight comes
 from the caller) whose BatchNorm layers are written out in plain tensor operations
 (`BatchStatisticsNorm`), exact to any order. In training mode they normalise with the batch's own
 statistics and report them, so that the running averages can be updated afterwards in the order
-the task-by-task backend updates them (every support pass of every inner step, then the query
+the per_task backend updates them (every support pass of every inner step, then the query
 pass, task after task); in eval mode they use the running averages.
 
 A network that vmap cannot batch (an operation without a batching rule) is run task by task
@@ -103,21 +103,21 @@ def norms(network: nn.Module) -> list[BatchStatisticsNorm]:
 
 
 @dataclass
-class Functional:
-    """One network run functionally: its structure (`functional_copy`) called with weights the
-    caller gives and the network's own buffers."""
+class FunctionalNetwork:
+    """A network run functionally: its structure (`functional_copy`) called with weights the
+    caller gives and the buffers of `module`, the network itself."""
 
-    network: nn.Module
+    module: nn.Module
     structure: nn.Module = field(init=False)
 
     def __post_init__(self):
-        self.structure = functional_copy(self.network)
+        self.structure = functional_copy(self.module)
 
     def weights(self) -> Weights:
-        return dict(self.network.named_parameters())
+        return dict(self.module.named_parameters())
 
     def buffers(self) -> Weights:
-        return {name: b for name, b in self.network.named_buffers() if b is not None}
+        return {name: b for name, b in self.module.named_buffers() if b is not None}
 
     def call(self, weights: Mapping[str, Tensor], x: Tensor, training: bool,
              report: bool = False) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
@@ -167,7 +167,7 @@ Stats = list[tuple[Tensor, Tensor]]
 
 def running_norms(network: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The network's BatchNorm layers that keep running averages, in module order (the order
-    `Functional.call` reports their statistics)."""
+    `FunctionalNetwork.call` reports their statistics)."""
     return [
         m for m in network.modules()
         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -175,8 +175,8 @@ def running_norms(network: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 def update_running_averages(layers: list[nn.modules.batchnorm._BatchNorm], stats: Stats) -> None:
     """Applies reported statistics [passes x layers], each (mean [T, C], variance [T, C]) of T
-    tasks, to the layers' running averages task by task, pass by pass, as the task-by-task
-    backend's passes update them."""
+    tasks, to the layers' running averages task by task, pass by pass, as the per_task backend's
+    passes update them."""
     if not layers or not stats:
         return
     with torch.no_grad():
@@ -206,43 +206,24 @@ class Adaptation:
     outputs: Tensor  # [T, S, ...]: the network's outputs at that step
 
 
-def batches_fast(network: nn.Module, device: torch.device) -> bool:
-    """Whether the functional backend is the faster one for this adapted network: not for a
-    convolutional network on the CPU, where vmap's batched (grouped) convolutions and the
-    written-out BatchNorm ran at 0.6-0.8x the task-by-task loop's speed, while a fully connected
-    learner ran 2.6x faster (experiments/results/bench.md)."""
-    return device.type != "cpu" or not any(isinstance(m, nn.modules.conv._ConvNd)
-                                           for m in network.modules())
-
-
-def auto_backend(module: nn.Module, batched_is_faster: bool, task_by_task: str) -> str:
-    """What backend="auto" runs for `module`: "functional" where batched_is_faster, else the
-    algorithm's `task_by_task` backend; said in one log line whenever the choice changes."""
-    choice = "functional" if batched_is_faster else task_by_task
-    if getattr(module, "auto_choice", None) != choice:
-        log.info("algorithm.backend=auto: the %s backend on %s", choice, module.device.type)
-        module.auto_choice = choice
-    return choice
-
-
 class TaskBatchedLoop:
     """Adapts a network to every task of a batch at once and predicts their queries.
 
     Args:
-        model: the adapted network (its weights named in `adapted`).
+        network: the adapted network (its weights named in `adapted`).
         loss_fn: the support loss.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor]):
-        self.model = Functional(model)
+    def __init__(self, network: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor]):
+        self.network = FunctionalNetwork(network)
         self.loss_fn = loss_fn
         self.batched = True  # until vmap fails on this network
 
     def update_running_averages(self, *passes: Stats) -> None:
         """The BatchNorm running averages updated with the statistics of these passes, in
-        order (the learn2learn backend's: all tasks' support passes, then their queries)."""
+        order (the per_task backend's: all tasks' support passes, then their queries)."""
         for stats in passes:
-            update_running_averages(running_norms(self.model.network), stats)
+            update_running_averages(running_norms(self.network.module), stats)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int,
               rule: Callable[[], UpdateRule], first_order: bool, training: bool,
@@ -252,7 +233,7 @@ class TaskBatchedLoop:
         training), and the last step's loss [T] and outputs [T, S, ...] (before its update).
         `recompute` (second order, a stateless rule): each step's activations are recomputed
         in the backward pass instead of kept, task by task."""
-        weights = self.model.weights()
+        weights = self.network.weights()
         adapted = {name: w for name, w in weights.items()
                    if adapted_names is None or name in adapted_names}
         fixed = {name: w for name, w in weights.items() if name not in adapted}
@@ -262,7 +243,7 @@ class TaskBatchedLoop:
             loss = output = x.new_zeros(())  # no step, no last step
             for step in range(1, steps + 1):
                 def support_loss(trainable: Weights):
-                    output, reported = self.model.call({**fixed, **trainable}, x, training,
+                    output, reported = self.network.call({**fixed, **trainable}, x, training,
                                                        training)
                     loss = self.loss_fn(output, y)
                     return loss, (reported, loss.detach(), output.detach())
@@ -275,7 +256,7 @@ class TaskBatchedLoop:
 
         def recomputed_step(current: Weights, x: Tensor, y: Tensor, step: int,
                             update: UpdateRule) -> tuple[Weights, Stats, Tensor, Tensor]:
-            output, reported = self.model.call({**fixed, **current}, x, training, training)
+            output, reported = self.network.call({**fixed, **current}, x, training, training)
             loss = self.loss_fn(output, y)
             names = list(current)
             grads = torch.autograd.grad(loss, [current[name] for name in names],
@@ -299,7 +280,7 @@ class TaskBatchedLoop:
                 return Adaptation(*vmap(task, randomness="different")(support_x, support_y))
             except (RuntimeError, NotImplementedError) as error:
                 # if it fails task by task too, that error is the network's own
-                log.warning("this network cannot be batched over tasks (%s); the functional "
+                log.warning("this network cannot be batched over tasks (%s); the batched "
                             "backend runs it task by task", str(error).strip().splitlines()[0])
                 self.batched = False
         one_task = recomputed_task if recompute else task
@@ -313,11 +294,11 @@ class TaskBatchedLoop:
         """Predictions [T, Q, ...] of the adapted weights [T, ...] on query [T, Q, ...], and the
         batch statistics of the pass (when `report`); task by task unless `batched` (the
         batched pass keeps several times the memory for the backward pass)."""
-        weights = self.model.weights()
+        weights = self.network.weights()
         fixed = {name: w for name, w in weights.items() if name not in adapted}
 
         def task(current: Weights, x: Tensor) -> tuple[Tensor, Stats]:
-            return self.model.call({**fixed, **current}, x, training, report)
+            return self.network.call({**fixed, **current}, x, training, report)
 
         # autocast does not reach inside vmap (torch 2.x): mixed-precision queries run one by one
         if batched and self.batched and not torch.is_autocast_enabled(query_x.device.type):

@@ -37,6 +37,7 @@ class GradientModule(EpisodicModule):
 
     supported_task_types = ("classification", "regression")
     user_network_is_learner = True
+    adapts_by_steps = True
 
     def __init__(self, backbone: nn.Module, inner_steps: int = 1, test_inner_steps: int = 3,
                  transductive_bn: bool = True, output_layer: bool = True, **base_args):

@@ -7,18 +7,16 @@ query loss, differentiating through the inner steps (second order) unless `first
 Evaluation adapts with `test_inner_steps` steps (the paper used 10 at test time, against 1 to 5
 in training).
 
-Two backends compute the same numbers (a test holds them to 1e-8 in float64):
-- `functional`: every task of a meta-batch at once, on torch.func
-  (metalearn/algorithms/functional.py);
-- `learn2learn`: learn2learn's `MAML` wrapper, `clone()` and `adapt()` task by task, kept as the
-  reference. The weights live in that wrapper in both, so checkpoints are interchangeable.
-`auto` (the default) picks the faster for the network and device (functional.batches_fast).
+Two backends compute the same numbers (metalearn/algorithms/backends.py, which picks one): `batched`
+runs every task of a meta-batch at once on torch.func, `per_task` runs learn2learn's `MAML`
+wrapper, `clone()` and `adapt()`, task by task (`inner_loop`). The weights live in that wrapper in
+both, so checkpoints are interchangeable.
 
 Subclasses change what is adapted (ANIL adapts the output layer on top of a shared body) and how
 (`wrap` and `update_rule`: Meta-SGD's learned rates). `allow_nograd` leaves parameters that do not
-require gradients as they are; `allow_unused` lets the learn2learn backend adapt a network whose
-support loss does not use every parameter (the functional backend always does: such a
-parameter's gradient is zero).
+require gradients as they are; `allow_unused` lets the per_task backend adapt a network whose
+support loss does not use every parameter (the batched backend always does: such a parameter's
+gradient is zero).
 """
 
 from __future__ import annotations
@@ -29,20 +27,10 @@ import learn2learn as l2l
 import torch
 from torch import Tensor, nn
 
-from metalearn.algorithms.functional import (
-    Stats,
-    TaskBatchedLoop,
-    UpdateRule,
-    auto_backend,
-    batches_fast,
-    sgd,
-    stacked_stats,
-)
-from metalearn.algorithms.gradient import GradientModule
+from metalearn.algorithms.backends import GradientBackendModule, checked_backend
+from metalearn.algorithms.functional import Stats, UpdateRule, sgd, stacked_stats
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
-
-BACKENDS = ("auto", "functional", "learn2learn")
 
 
 def inner_loop(
@@ -53,7 +41,7 @@ def inner_loop(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     first_order: bool | None = None,
 ) -> l2l.algorithms.BaseLearner:
-    """The learn2learn backend's adaptation of one task: clones `learner` and takes `steps`
+    """The per_task backend's adaptation of one task: clones `learner` and takes `steps`
     gradient steps on the support loss. The clone stays differentiable with respect to
     `learner`'s parameters (to first order only if `first_order`)."""
     adapted = learner.clone()
@@ -67,24 +55,24 @@ def float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-class MAML(GradientModule):
+class MAML(GradientBackendModule):
     """Args (besides GradientModule's):
         inner_lr: the inner SGD step size (paper: 0.4 on Omniglot, 0.01 on the sinusoid).
         first_order: drop the second-order terms of the meta-gradient (FOMAML).
-        allow_unused: let the learn2learn backend skip parameters the support loss does not use.
+        allow_unused: let the per_task backend skip parameters the support loss does not use.
         allow_nograd: leave parameters that do not require gradients as they are.
-        backend: "functional" (tasks batched on torch.func), "learn2learn" (task by task) or
-            "auto": learn2learn for a convolutional learner on the CPU, functional elsewhere.
-        compile: run the functional backend's meta-training loss (forward and backward) through
-            torch.compile (auto then means functional); the first step compiles for minutes
+        backend: "batched" (tasks batched on torch.func), "per_task" (learn2learn, task by task)
+            or "auto": per_task for a convolutional learner on the CPU, batched elsewhere.
+        compile: run the batched backend's meta-training loss (forward and backward) through
+            torch.compile (auto then means batched); the first step compiles for minutes
             (README, Performance).
         checkpoint_inner_steps: keep no activations of the inner steps for the meta-gradient
-            but recompute them in the backward pass, task by task (the functional backend; auto
-            then means functional): less memory for second-order steps, more time.
+            but recompute them in the backward pass, task by task (the batched backend; auto
+            then means batched): less memory for second-order steps, more time.
         backward_per_task: take each task's meta-gradient as soon as its query loss is known and
             free its graph, so that one task's graph is held at a time instead of the
             meta-batch's; the step's loss is a surrogate with the same value and gradient
-            (the functional backend; one process).
+            (the batched backend; one process).
     """
 
     def __init__(self, backbone: nn.Module, inner_lr: float = 0.4, first_order: bool = False,
@@ -92,40 +80,17 @@ class MAML(GradientModule):
                  backend: str = "auto", compile: bool = False,
                  checkpoint_inner_steps: bool = False, backward_per_task: bool = False,
                  **gradient_args):
-        if backend not in BACKENDS:
-            raise UserError(f"algorithm.backend={backend!r} is not one of: {', '.join(BACKENDS)}")
-        if compile and backend == "learn2learn":  # its second order is autograd.grad outside
-            raise UserError("algorithm.compile=true needs algorithm.backend=functional (or auto); "
-                            "torch.compile cannot differentiate the learn2learn backend twice")
-        if checkpoint_inner_steps:
-            if first_order:
-                raise UserError("algorithm.checkpoint_inner_steps=true saves the memory of "
-                                "second-order inner steps; first_order=true keeps none")
-            if backend == "learn2learn" or compile:
-                raise UserError("algorithm.checkpoint_inner_steps=true needs "
-                                "algorithm.backend=functional (or auto) and compile=false")
-        if backward_per_task and (backend == "learn2learn" or compile):
-            raise UserError("algorithm.backward_per_task=true needs algorithm.backend=functional "
-                            "(or auto) and compile=false")
+        backend = checked_backend(backend, first_order, compile, checkpoint_inner_steps,
+                                  backward_per_task)
         super().__init__(backbone, **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.hparams.backend = backend  # a subclass's arguments may hold its earlier name
         self.learner = self.wrap(self.learner)
-        self.batched_loop: TaskBatchedLoop | None = None  # built on first use
-        self.compiled_loss: Callable | None = None  # likewise, when compile
-
-    @property
-    def backend(self) -> str:
-        """The backend in use: the configured one, or what "auto" picks on the module's device."""
-        hparams = self.hparams
-        if hparams.backend != "auto":
-            return hparams.backend
-        if hparams.compile or hparams.checkpoint_inner_steps or hparams.backward_per_task:
-            return "functional"
-        return auto_backend(self, batches_fast(self.learner.module, self.device), "learn2learn")
+        self.compiled_loss: Callable | None = None  # built on first use, when compile
 
     def wrap(self, model: nn.Module) -> l2l.algorithms.BaseLearner:
         """The learn2learn wrapper that holds the learner (and clones and adapts it in the
-        learn2learn backend)."""
+        per_task backend)."""
         hparams = self.hparams
         return l2l.algorithms.MAML(
             model, lr=hparams.inner_lr, first_order=hparams.first_order,
@@ -133,7 +98,7 @@ class MAML(GradientModule):
         )
 
     def update_rule(self) -> UpdateRule:
-        """The functional backend's inner step: SGD of size inner_lr."""
+        """The batched backend's inner step: SGD of size inner_lr."""
         return sgd({name: self.hparams.inner_lr for name, _ in self.adapted_parameters()})
 
     def body_network(self) -> nn.Module | None:
@@ -146,41 +111,34 @@ class MAML(GradientModule):
         return [(name, p) for name, p in self.learner.module.named_parameters()
                 if p.requires_grad or not self.hparams.allow_nograd]
 
-    def loop(self) -> TaskBatchedLoop:
-        if self.batched_loop is None:
-            self.batched_loop = TaskBatchedLoop(self.learner.module, self.task_loss)
-        return self.batched_loop
+    def adapted_network(self) -> nn.Module:
+        return self.learner.module
 
     # Adapting and predicting a batch of tasks -------------------------------------------------
     def adapt_tasks(self, support_x: Tensor, support_y: Tensor, steps: int,
                     first_order: bool | None = None) -> tuple[object, Stats | None]:
-        """Each task of support [T, S, ...] adapted in `steps` steps (first_order None: the
-        configured order). In float32 under mixed precision too: 16-bit support passes moved
-        the meta-gradient by 22-58% (bf16) or overflowed float16 (README, Precision). Returns
-        the adapted learners and, from the functional backend in training mode, the batch
-        statistics of the support passes (the learn2learn backend's passes update the running
-        averages themselves)."""
+        """In float32 under mixed precision too: 16-bit support passes moved the meta-gradient
+        by 22-58% (bf16) or overflowed float16 (README, Precision). per_task: learn2learn
+        clones, whose passes move the running averages themselves."""
         first_order = self.hparams.first_order if first_order is None else first_order
         with torch.autocast(support_x.device.type, enabled=False):
-            if self.backend == "learn2learn":
+            if self.backend == "per_task":
                 return [inner_loop(self.learner, float32(self.features(x)), y, steps,
                                    self.task_loss, first_order)
                         for x, y in zip(support_x, support_y)], None
-            adaptation = self.loop().adapt(float32(self.task_features(support_x)), support_y, steps,
-                                           self.update_rule, first_order, self.training,
-                                           {name for name, _ in self.adapted_parameters()},
-                                           recompute=self.hparams.checkpoint_inner_steps)
+            adaptation = self.task_batched_loop().adapt(
+                float32(self.task_features(support_x)), support_y, steps, self.update_rule,
+                first_order, self.training, {name for name, _ in self.adapted_parameters()},
+                recompute=self.hparams.checkpoint_inner_steps)
         return adaptation.weights, adaptation.stats
 
     def predict_tasks(self, adapted: object, query_x: Tensor) -> tuple[Tensor, Stats | None]:
-        """Query predictions [T, Q, ...] of the adapted learners, and the batch statistics as
-        adapt_tasks reports them."""
-        if self.backend == "learn2learn":
+        if self.backend == "per_task":
             return torch.stack([learner(self.features(x))
                                 for learner, x in zip(adapted, query_x)]), None
-        return self.loop().predict(adapted, self.task_features(query_x), self.training,
-                                   report=self.training,
-                                   batched=not self.hparams.checkpoint_inner_steps)
+        return self.task_batched_loop().predict(adapted, self.task_features(query_x),
+                                                self.training, report=self.training,
+                                                batched=not self.hparams.checkpoint_inner_steps)
 
     def features(self, x: Tensor) -> Tensor:
         """What the adapted learner reads: the inputs (ANIL: the body's features)."""
@@ -190,7 +148,7 @@ class MAML(GradientModule):
     def task_features(self, x: Tensor) -> Tensor:
         """features of each task of x [T, N, ...]. ANIL's body runs task by task as an ordinary
         module: its weights are shared, and in training mode each pass normalises with its own
-        task's statistics and moves the running averages itself (in the learn2learn backend's
+        task's statistics and moves the running averages itself (in the per_task backend's
         order: all supports, then all queries); batched with vmap it ran at half the speed
         on the CPU (experiments/results/bench.md)."""
         return x if self.body_network() is None else torch.stack([self.features(t) for t in x])
@@ -210,7 +168,7 @@ class MAML(GradientModule):
                                                   self.inner_steps)
         predictions, query_stats = self.predict_tasks(adapted, batch.query_x)
         if support_stats is not None and self.training:
-            self.loop().update_running_averages(support_stats, query_stats)
+            self.task_batched_loop().update_running_averages(support_stats, query_stats)
         losses = [self.task_loss(p, y) for p, y in zip(predictions, batch.query_y)]
         return torch.stack(losses).mean(), predictions
 
@@ -237,7 +195,7 @@ class MAML(GradientModule):
             support_stats.append(support)
             query_stats.append(query)
         # each task's statistics [1, C] stacked into the meta-batch's [T, C]
-        self.loop().update_running_averages(*(
+        self.task_batched_loop().update_running_averages(*(
             stacked_stats([[(mean[0], variance[0]) for mean, variance in task] for task in stats])
             for stats in (support_stats, query_stats) if stats[0]))
         surrogate = sum((p * g).sum() for p, g in zip(parameters, total))
@@ -247,22 +205,3 @@ class MAML(GradientModule):
         if self.hparams.backward_per_task and self.trainer.world_size > 1:
             raise UserError("algorithm.backward_per_task=true runs in one process; under DDP "
                             "each process holds only its share of the meta-batch already")
-
-    # GradientModule -----------------------------------------------------------------------------
-    # Nothing differentiates through test-time steps: first order keeps no graph. (Evaluation's
-    # passes leave the running averages alone in the functional backend; the learn2learn
-    # backend's train-mode passes move them, which matters to no prediction: they are used only
-    # with transductive_bn=False, in eval mode.)
-    def adapt_weights(self, support_x: Tensor, support_y: Tensor, steps: int) -> object:
-        return self.adapt_tasks(support_x[None], support_y[None], steps, True)[0]
-
-    def predict_adapted(self, adapted: object, query_x: Tensor) -> Tensor:
-        return self.predict_tasks(adapted, query_x[None])[0][0]
-
-    def predict_episodes(self, batch: TaskBatch) -> Tensor:
-        """Every test task of the batch adapted at once (the functional backend batches them)."""
-        with self.adaptation_mode(), torch.enable_grad():
-            adapted, _ = self.adapt_tasks(batch.support_x, batch.support_y,
-                                          self.test_inner_steps, True)
-        with self.adaptation_mode(), torch.no_grad():
-            return self.predict_tasks(adapted, batch.query_x)[0]

@@ -16,10 +16,10 @@ from metalearn.models.mann import MANNNetwork
 class MANN(SequenceEpisodeModule):
     """Args: the memory network's settings (see metalearn.models.mann.MANNNetwork)."""
 
-    def __init__(self, backbone: nn.Module, memory_slots: int = 128, memory_width: int = 40,
-                 read_heads: int = 4, controller_size: int = 200, usage_decay: float = 0.99,
-                 key_strength: float = 10.0, **base_args):
-        super().__init__(backbone, **base_args)
+    def __init__(self, backbone: nn.Module, memory_slots: int = 64, memory_width: int = 40,
+                 read_heads: int = 1, controller_size: int = 100, usage_decay: float = 0.99,
+                 key_strength: float = 10.0, outer_lr: float = 0.003, **base_args):
+        super().__init__(backbone, outer_lr=outer_lr, **base_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.network = MANNNetwork(self.sequence_input_size, self.output_dim, memory_slots,
                                    memory_width, read_heads, controller_size, usage_decay,

@@ -31,7 +31,6 @@ filters, is what configs/experiment/meta_lstm_omniglot.yaml selects.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
@@ -40,19 +39,7 @@ from torch.func import functional_call
 
 from metalearn.algorithms.gradient import GradientModule
 from metalearn.data.episodes import TaskBatch
-
-
-def preprocess(x: Tensor, p: float = 10.0) -> Tensor:
-    """Andrychowicz et al. 2016, appendix A: x -> [log|x| / p, sign(x)] if |x| >= e^-p, else
-    [-1, e^p x]. Gradients and losses span many orders of magnitude; this keeps both features
-    in [-1, 1] while preserving magnitude and sign. Adds a last dimension of 2."""
-    large = x.abs() >= math.exp(-p)
-    # clamped so the branch torch.where discards never computes log(0)
-    log_magnitude = x.abs().clamp_min(math.exp(-p)).log() / p
-    return torch.stack([
-        torch.where(large, log_magnitude, -1.0),
-        torch.where(large, x.sign(), math.exp(p) * x),
-    ], dim=-1)
+from metalearn.models.gradient_preprocessing import preprocess
 
 
 def use_batch_statistics(module: nn.Module) -> None:
@@ -85,8 +72,9 @@ class MetaLSTM(GradientModule):
     supported_task_types = ("classification",)
 
     def __init__(self, backbone: nn.Module, hidden_size: int = 20, preprocess_p: float = 10.0,
-                 **gradient_args):
-        super().__init__(backbone, **gradient_args)
+                 inner_steps: int = 15, test_inner_steps: int = 15, **gradient_args):
+        super().__init__(backbone, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
+                         **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.preprocess_p = preprocess_p
         if self.transductive_bn:

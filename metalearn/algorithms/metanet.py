@@ -18,20 +18,20 @@ and two meta networks, coordinate-wise across the weights they generate:
   cross-entropy on (x'_i, y'_i) with respect to the slow weights of b's augmented layers. m is an
   MLP (2 -> H -> H -> 1, ReLU) applied to every coordinate alone.
 
-Both read the gradients preprocessed as in Andrychowicz et al. 2016 (`meta_lstm.preprocess`), as
-the paper does. Per task (Algorithm 1): Q* = d({grad_t}_{t=1..T}) over the pairs (lines 2-7);
-for each support example, W*_i = m(grad_i), stored in the memory M, with the key
-r'_i = u(Q, Q*, x'_i) stored in R (lines 8-15); each query x reads its fast weights
-W* = softmax(cosine(R, u(Q, Q*, x)))^T M and is classified by b(W, W*, x) (lines 17-21). The
-training objective is the query cross-entropy, L_train (line 23); the support losses only supply
-meta information.
+Both read the gradients preprocessed as in Andrychowicz et al. 2016
+(metalearn/models/gradient_preprocessing.py), as the paper does. Per task (Algorithm 1): Q* =
+d({grad_t}_{t=1..T}) over the pairs (lines 2-7); for each support example, W*_i = m(grad_i), stored
+in the memory M, with the key r'_i = u(Q, Q*, x'_i) stored in R (lines 8-15); each query x reads
+its fast weights W* = softmax(cosine(R, u(Q, Q*, x)))^T M and is classified by b(W, W*, x) (lines
+17-21). The training objective is the query cross-entropy, L_train (line 23); the support losses
+only supply meta information.
 
-Layer augmentation (section 3.3): an augmented layer computes act(W x + b) + act(W* x + b*), the
-slow and the fast path summed after the activation; its fast weights cover the bias too. Here both
-learners read the features of a Conv4 (`backbone`; u gets its own copy unless `share_backbone`)
-whose convolutions have slow weights only, and the augmented layers are fully connected ones on
-top (the paper augments its convolutions as well; on a CPU the fully connected ones keep the
-meta information small):
+Layer augmentation (section 3.3; the layers are in metalearn/models/fast_weights.py): an augmented
+layer computes act(W x + b) + act(W* x + b*), the slow and the fast path summed after the
+activation; its fast weights cover the bias too. Here both learners read the features of a Conv4
+(`backbone`; u gets its own copy unless `share_backbone`) whose convolutions have slow weights
+only, and the augmented layers are fully connected ones on top (the paper augments its convolutions
+as well; on a CPU the fully connected ones keep the meta information small):
 
 - b: augmented hidden layer (features -> `hidden_units`, ReLU), then the augmented output layer
   (-> n_way, no activation, softmax in the loss);
@@ -68,77 +68,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalearn.algorithms.base import EpisodicModule, Predictor
-from metalearn.algorithms.meta_lstm import preprocess
 from metalearn.algorithms.metric import cosine_similarity
 from metalearn.data.episodes import TaskBatch
-
-#: one layer's (weight, bias): [out, in] and [out] shared by all rows, or [B, out, in] and [B, out]
-#: with one set per row
-LayerWeights = tuple[Tensor, Tensor]
-
-ACTIVATIONS = {"relu": F.relu, "identity": lambda x: x}
-
-
-def linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """W x + b for every row of x [B, in]: with one weight for all rows ([out, in]) or one per row
-    ([B, out, in])."""
-    if weight.dim() == 2:
-        return F.linear(x, weight, bias)
-    return torch.einsum("boi,bi->bo", weight, x) + bias
-
-
-class AugmentedLinear(nn.Module):
-    """A fully connected layer with layer augmentation: act(W x + b) + act(W* x + b*).
-
-    `forward(x, fast)` adds the fast path when fast weights are given; `slow` replaces the layer's
-    own slow weights (per-row copies, used to take per-example gradients)."""
-
-    def __init__(self, in_features: int, out_features: int, activation: str = "relu"):
-        super().__init__()
-        reference = nn.Linear(in_features, out_features)  # nn.Linear's initialisation
-        self.weight = nn.Parameter(reference.weight.detach().clone())
-        self.bias = nn.Parameter(reference.bias.detach().clone())
-        self.activation = activation
-
-    def forward(self, x: Tensor, fast: LayerWeights | None = None,
-                slow: LayerWeights | None = None) -> Tensor:
-        act = ACTIVATIONS[self.activation]
-        weight, bias = slow if slow is not None else (self.weight, self.bias)
-        output = act(linear(x, weight, bias))
-        if fast is None:
-            return output
-        return output + act(linear(x, *fast))
-
-    def slow_weights(self) -> LayerWeights:
-        return self.weight, self.bias
-
-
-def flatten_layers(layers: Sequence[LayerWeights], batch_dims: int) -> Tensor:
-    """Every coordinate of several layers' weights in one tensor [*batch, P]."""
-    return torch.cat([t.flatten(batch_dims) for layer in layers for t in layer], dim=-1)
-
-
-def unflatten_layers(flat: Tensor, shapes: Sequence[tuple[torch.Size, torch.Size]]
-                     ) -> list[LayerWeights]:
-    """Inverse of flatten_layers for layers of the given (weight, bias) shapes."""
-    batch = flat.shape[:-1]
-    sizes = [shape.numel() for pair in shapes for shape in pair]
-    pieces = iter(flat.split(sizes, dim=-1))
-    return [(next(pieces).reshape(*batch, *w), next(pieces).reshape(*batch, *b))
-            for w, b in shapes]
+from metalearn.models.fast_weights import (
+    AugmentedLinear,
+    LayerWeights,
+    flatten_layers,
+    read_memory,
+    unflatten_layers,
+)
+from metalearn.models.gradient_preprocessing import preprocess
 
 
 def distinct_pairs(num_examples: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """All unordered pairs (i, j), i < j, in order: T = n (n - 1) / 2."""
     first, second = torch.triu_indices(num_examples, num_examples, offset=1, device=device)
     return first, second
-
-
-def read_memory(attention: Tensor, memory: Sequence[LayerWeights]) -> list[LayerWeights]:
-    """Each query's fast weights a^T M: attention [Q, S] over the memory's per-example weights
-    ([S, out, in], [S, out] per layer) gives [Q, out, in], [Q, out] per layer."""
-    return [(torch.einsum("qs,soi->qoi", attention, weight), attention @ bias)
-            for weight, bias in memory]
 
 
 class TaskMemory(NamedTuple):
@@ -355,7 +300,7 @@ class MetaNet(EpisodicModule):
         return torch.stack(losses).mean(), torch.stack(predictions)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
-        self.one_pass(steps)
+        self.refuse_inner_steps(steps)
         memory = self.task_memory(*self.embed(support_x), support_y) if self.use_fast_weights \
             else None
 

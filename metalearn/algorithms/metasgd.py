@@ -49,8 +49,12 @@ class MetaSGDLearner(l2l.algorithms.MetaSGD):
 
 
 class MetaSGD(MAML):
+    def __init__(self, backbone: nn.Module, test_inner_steps: int = 1, **maml_args):
+        # one step at test time, as in training: the learned rates are tuned for that step
+        super().__init__(backbone, test_inner_steps=test_inner_steps, **maml_args)
+
     def update_rule(self) -> UpdateRule:
-        """The functional backend's inner step: each coordinate's own learned rate."""
+        """The batched backend's inner step: each coordinate's own learned rate."""
         names = [name for name, _ in self.learner.module.named_parameters()]
         return sgd(dict(zip(names, self.learner.lrs)))
 

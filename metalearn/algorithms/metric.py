@@ -62,7 +62,7 @@ class MetricModule(EpisodicModule):
         return self.score_queries(self.embed(query_x))
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
-        self.one_pass(steps)
+        self.refuse_inner_steps(steps)
         support_features = self.embed(support_x)
 
         def predict(query_x: Tensor) -> Tensor:

@@ -11,17 +11,22 @@ from __future__ import annotations
 from torch import nn
 
 from metalearn.algorithms.sequence import SequenceEpisodeModule
+from metalearn.errors import UserError
+from metalearn.models.memory import CONTROLLERS
 from metalearn.models.ntm import NTMNetwork
 
 
 class NTM(SequenceEpisodeModule):
     """Args: the machine's settings (see metalearn.models.ntm.NTMNetwork)."""
 
-    def __init__(self, backbone: nn.Module, memory_slots: int = 128, memory_width: int = 40,
-                 read_heads: int = 4, write_heads: int = 1, controller: str = "lstm",
-                 controller_size: int = 200, shift_radius: int = 1,
-                 key_strength: float = 10.0, **base_args):
-        super().__init__(backbone, **base_args)
+    def __init__(self, backbone: nn.Module, memory_slots: int = 64, memory_width: int = 40,
+                 read_heads: int = 1, write_heads: int = 1, controller: str = "lstm",
+                 controller_size: int = 100, shift_radius: int = 1,
+                 key_strength: float = 10.0, outer_lr: float = 0.003, **base_args):
+        super().__init__(backbone, outer_lr=outer_lr, **base_args)
+        if controller not in CONTROLLERS:
+            raise UserError(f"algorithm.controller={controller!r} is not one of: "
+                            f"{', '.join(CONTROLLERS)}")
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.network = NTMNetwork(self.sequence_input_size, self.output_dim, memory_slots,
                                   memory_width, read_heads, write_heads, controller,

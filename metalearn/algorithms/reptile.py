@@ -34,10 +34,9 @@ What we changed, and why:
   `transductive_bn=True` (the default, as in the paper's transductive setting and our MAML)
   fine-tuning and prediction use the statistics of the task's own batch.
 
-Two backends compute the same numbers (a test holds them to 1e-8 in float64): `functional` (the
-default) fine-tunes every task of a meta-batch at once on torch.func
-(metalearn/algorithms/functional.py), `per_task` fine-tunes a copy of the network per task with
-torch.optim, the reference.
+Two backends compute the same numbers (metalearn/algorithms/backends.py, which picks one):
+`batched` fine-tunes every task of a meta-batch at once on torch.func, `per_task` fine-tunes a
+copy of the network per task with torch.optim, the reference.
 """
 
 from __future__ import annotations
@@ -51,15 +50,9 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from metalearn.algorithms.functional import (
-    Adaptation,
-    TaskBatchedLoop,
-    UpdateRule,
-    adam,
-    auto_backend,
-    sgd,
-)
-from metalearn.algorithms.gradient import GradientModule
+from metalearn.algorithms.backends import GradientBackendModule, checked_backend
+from metalearn.algorithms.base import EpisodicModule
+from metalearn.algorithms.functional import Adaptation, Stats, UpdateRule, adam, sgd
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
 
@@ -68,9 +61,6 @@ INNER_OPTIMIZERS = {
     # beta1 = 0 as in the paper's code: no momentum over a handful of steps
     "adam": partial(torch.optim.Adam, betas=(0.0, 0.999)),
 }
-
-
-BACKENDS = ("auto", "functional", "per_task")
 
 
 def mean_weights(named: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -84,16 +74,17 @@ def named_weights(module: nn.Module) -> dict[str, Tensor]:
     return dict(chain(module.named_parameters(), module.named_buffers()))
 
 
-class Reptile(GradientModule):
+class Reptile(GradientBackendModule):
     """Args (besides GradientModule's):
         inner_lr: the inner optimiser's learning rate.
         inner_optimizer: "sgd" or "adam" (Adam with beta1 = 0, as the paper's code).
         anneal_outer_lr: epsilon falls linearly to 0 over training.
         optimizer: the outer optimiser; SGD, which is Reptile, by default.
-        backend: "functional" (tasks batched on torch.func), "per_task" (torch.optim on a copy
-            per task) or "auto": per_task for a convolutional learner on the CPU, functional
-            elsewhere.
+        backend: "batched" (tasks batched on torch.func), "per_task" (torch.optim on a copy
+            per task) or "auto": per_task on the CPU, batched on a GPU.
     """
+
+    batches_fully_connected_on_cpu = False
 
     def __init__(
         self,
@@ -103,33 +94,26 @@ class Reptile(GradientModule):
         anneal_outer_lr: bool = True,
         optimizer: Callable[..., torch.optim.Optimizer] | None = None,
         backend: str = "auto",
+        inner_steps: int = 3,
+        test_inner_steps: int = 5,
+        outer_lr: float = 1.0,
         **gradient_args,
     ):
-        if backend not in BACKENDS:
-            raise UserError(f"algorithm.backend={backend!r} is not one of: {', '.join(BACKENDS)}")
+        backend = checked_backend(backend)
         if inner_optimizer not in INNER_OPTIMIZERS:
             raise UserError(f"algorithm.inner_optimizer={inner_optimizer!r} is not one of: "
                             f"{', '.join(INNER_OPTIMIZERS)}")
         if anneal_outer_lr and gradient_args.get("scheduler") is not None:
             raise UserError("algorithm.anneal_outer_lr=true is already a learning-rate schedule; "
                             "set algorithm.scheduler=null or algorithm.anneal_outer_lr=false")
-        super().__init__(backbone, optimizer=optimizer or torch.optim.SGD, **gradient_args)
+        super().__init__(backbone, inner_steps=inner_steps, test_inner_steps=test_inner_steps,
+                         outer_lr=outer_lr, optimizer=optimizer or torch.optim.SGD,
+                         **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.inner_optimizer, self.inner_lr = inner_optimizer, inner_lr
         self.anneal_outer_lr = anneal_outer_lr
-        self.batched_loop: TaskBatchedLoop | None = None  # built on first use
 
-    @property
-    def backend(self) -> str:
-        """The backend in use: the configured one, or what "auto" picks on the module's device:
-        per_task on the CPU, where the batched loop was slower for Conv4 (0.8x) and for the
-        sinusoid's small MLP (Reptile's 10,000 small steps: 192 s against 123 s)."""
-        configured = self.hparams.backend
-        if configured != "auto":
-            return configured
-        return auto_backend(self, self.device.type != "cpu", "per_task")
-
-    # The per-task backend ----------------------------------------------------------------------
+    # The per_task backend -----------------------------------------------------------------------
     def fine_tune(self, x: Tensor, y: Tensor, steps: int) -> tuple[nn.Module, Tensor, Tensor]:
         """A copy of the learner after `steps` full-batch inner steps on (x, y), in the module's
         mode (training: batch statistics), with the loss and predictions of its last step
@@ -146,7 +130,7 @@ class Reptile(GradientModule):
                 optimizer.step()
         return learner, loss.detach(), predictions.detach()
 
-    # The functional backend --------------------------------------------------------------------
+    # The batched backend -----------------------------------------------------------------------
     def inner_rule(self) -> Callable[[], UpdateRule]:
         """The inner optimiser as a functional update rule (torch.optim's arithmetic)."""
         if self.inner_optimizer == "adam":
@@ -154,16 +138,11 @@ class Reptile(GradientModule):
         rates = {name: self.inner_lr for name, _ in self.learner.named_parameters()}
         return lambda: sgd(rates)
 
-    def loop(self) -> TaskBatchedLoop:
-        if self.batched_loop is None:
-            self.batched_loop = TaskBatchedLoop(self.learner, self.task_loss)
-        return self.batched_loop
-
     def fine_tune_tasks(self, x: Tensor, y: Tensor, steps: int) -> Adaptation:
         """fine_tune of every task of x [T, N, ...] at once."""
         with torch.autocast(x.device.type, enabled=False):
-            return self.loop().adapt(x, y, steps, self.inner_rule(), first_order=True,
-                                     training=self.training)
+            return self.task_batched_loop().adapt(x, y, steps, self.inner_rule(),
+                                                  first_order=True, training=self.training)
 
     def buffers_after(self, adaptation: Adaptation) -> list[dict[str, Tensor]]:
         """Each task's copy of the learner's buffers, moved by its inner steps' passes."""
@@ -174,7 +153,7 @@ class Reptile(GradientModule):
             for task in range(len(adaptation.loss)):
                 for name, buffer in initial.items():
                     buffer.copy_(saved[name])
-                self.loop().update_running_averages(
+                self.task_batched_loop().update_running_averages(
                     [(mean[task:task + 1], variance[task:task + 1])
                      for mean, variance in adaptation.stats])
                 per_task.append({name: buffer.clone() for name, buffer in initial.items()})
@@ -182,26 +161,24 @@ class Reptile(GradientModule):
                 buffer.copy_(saved[name])
         return per_task
 
-    # GradientModule ----------------------------------------------------------------------------
-    def adapt_weights(self, support_x: Tensor, support_y: Tensor, steps: int) -> object:
+    # GradientBackendModule ---------------------------------------------------------------------
+    def adapt_tasks(self, support_x: Tensor, support_y: Tensor, steps: int,
+                    first_order: bool | None = None) -> tuple[object, Stats | None]:
+        """Each task fine-tuned on its support set (first order, whatever `first_order` says)."""
         if self.backend == "per_task":
-            return self.fine_tune(support_x, support_y, steps)[0]
-        return self.fine_tune_tasks(support_x[None], support_y[None], steps).weights
+            return [self.fine_tune(x, y, steps)[0] for x, y in zip(support_x, support_y)], None
+        adaptation = self.fine_tune_tasks(support_x, support_y, steps)
+        return adaptation.weights, adaptation.stats
 
-    def predict_adapted(self, adapted: object, query_x: Tensor) -> Tensor:
+    def predict_tasks(self, adapted: object, query_x: Tensor) -> tuple[Tensor, Stats | None]:
         if self.backend == "per_task":
-            return adapted(query_x)
-        return self.loop().predict(adapted, query_x[None], self.training)[0][0]
+            return torch.stack([learner(x) for learner, x in zip(adapted, query_x)]), None
+        return self.task_batched_loop().predict(adapted, query_x, self.training)
 
-    def predict_episodes(self, batch: TaskBatch) -> Tensor:
-        """Every test task of the batch fine-tuned at once (in the functional backend)."""
-        if self.backend == "per_task":
-            return super().predict_episodes(batch)
-        with self.adaptation_mode(), torch.enable_grad():
-            adaptation = self.fine_tune_tasks(batch.support_x, batch.support_y,
-                                              self.test_inner_steps)
-        with self.adaptation_mode(), torch.no_grad():
-            return self.loop().predict(adaptation.weights, batch.query_x, self.training)[0]
+    def predict_episodes(self, batch: TaskBatch, steps: int | None = None) -> Tensor:
+        if self.backend == "per_task":  # one copy fine-tuned and used at a time, not a batch's
+            return EpisodicModule.predict_episodes(self, batch, steps)
+        return super().predict_episodes(batch, steps)
 
     def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
         """1/2 ||theta - mean_i W_i||^2 and the query predictions of each task's last inner step.

@@ -85,8 +85,8 @@ class RFS(FineTuningModule):
 
     def __init__(self, backbone: nn.Module, train_classes: int, batch_size: int = 64,
                  distill_generations: int = 0, distill_weight: float = 0.5,
-                 distill_temperature: float = 4.0, **base_args):
-        super().__init__(backbone, train_classes, batch_size, **base_args)
+                 distill_temperature: float = 4.0, outer_lr: float = 0.05, **base_args):
+        super().__init__(backbone, train_classes, batch_size, outer_lr=outer_lr, **base_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         check_whole_number("algorithm.distill_generations", distill_generations, minimum=0)
         if not 0 <= distill_weight <= 1:

@@ -28,11 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.aggregation import CatMetric
 
 from metalearn.algorithms.base import EpisodicModule, Predictor
 from metalearn.data.episodes import TaskBatch
-from metalearn.evaluation.statistics import mean_and_ci95
 from metalearn.models.memory import MemoryNetwork
 
 REPORTED_PRESENTATIONS = (1, 2, 3, 5, 10)
@@ -73,11 +71,6 @@ class SequenceEpisodeModule(EpisodicModule):
         super().__init__(**base_args)
         self.backbone = backbone
         self.sequence_input_size = backbone.out_features + self.output_dim
-        # per split and reported presentation number, the accuracy of each episode
-        self.presentation_accuracy = nn.ModuleDict({
-            f"{split}_{presentation}": CatMetric()
-            for split in ("val", "test") for presentation in REPORTED_PRESENTATIONS
-        })
 
     def sequence_inputs(self, x: Tensor, previous_labels: Tensor) -> Tensor:
         """[B, T, C, H, W] images and [B, T, N] delayed labels -> [B, T, features + N]."""
@@ -96,7 +89,7 @@ class SequenceEpisodeModule(EpisodicModule):
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int | None = None) -> Predictor:
         """Reads the support set as a sequence; each query is then the next step from that
         state, the last support label as its delayed label."""
-        self.one_pass(steps)
+        self.refuse_inner_steps(steps)
         network = self.network
         support = self.sequence_inputs(support_x.unsqueeze(0),
                                        delayed_labels(support_y.unsqueeze(0), self.output_dim))
@@ -111,30 +104,17 @@ class SequenceEpisodeModule(EpisodicModule):
 
         return predict
 
-    def evaluate_episodes(self, batch: TaskBatch, split: str, batch_idx: int = 0) -> None:
-        super().evaluate_episodes(batch, split, batch_idx)
+    def extra_episode_scores(self, batch: TaskBatch) -> dict[str, Tensor]:
+        """Each episode's accuracy by presentation (`acc_presentation_<n>`), its queries run as
+        one online sequence."""
         correct = (self.online_logits(batch.query_x, batch.query_y).argmax(-1) == batch.query_y)
         presentation = presentation_numbers(batch.query_y)  # [B, T]
         by_presentation = F.one_hot(presentation - 1).float()  # [B, T, P]
         accuracy = (correct.unsqueeze(-1) * by_presentation).sum(1) / by_presentation.sum(1)
-        for presentation in REPORTED_PRESENTATIONS:
-            if presentation <= accuracy.shape[1]:
-                metric = self.presentation_accuracy[f"{split}_{presentation}"]
-                metric.update(accuracy[:, presentation - 1])
+        return {f"acc_presentation_{presentation}": accuracy[:, presentation - 1]
+                for presentation in REPORTED_PRESENTATIONS if presentation <= accuracy.shape[1]}
 
     @property
     def validation_metrics(self) -> list[str]:
         return [*super().validation_metrics,
                 *(f"val/acc_presentation_{n}" for n in REPORTED_PRESENTATIONS)]
-
-    def report_episodes(self, split: str) -> dict[str, float]:
-        results = super().report_episodes(split)
-        by_presentation = {}
-        for presentation in REPORTED_PRESENTATIONS:
-            metric = self.presentation_accuracy[f"{split}_{presentation}"]
-            if metric.update_called:
-                mean, _ = mean_and_ci95(metric.compute())
-                by_presentation[f"{split}/acc_presentation_{presentation}"] = mean
-            metric.reset()
-        self.log_dict(by_presentation, sync_dist=False)
-        return results | by_presentation

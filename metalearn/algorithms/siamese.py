@@ -18,11 +18,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.aggregation import CatMetric
 
 from metalearn.algorithms.metric import MetricModule
 from metalearn.data.episodes import TaskBatch
-from metalearn.evaluation.statistics import mean_and_ci95
 
 
 def balanced_pairs(support_y: Tensor, query_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -52,9 +50,6 @@ class SiameseNet(MetricModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         # the alpha_j of the weighted L1 distance, and the bias
         self.distance_weights = nn.Linear(backbone.out_features, 1)
-        self.pair_accuracy = {"val": CatMetric(), "test": CatMetric()}
-        for split, metric in self.pair_accuracy.items():
-            self.add_module(f"{split}_pair_accuracy", metric)
 
     def same_class_logits(self, query_features: Tensor) -> Tensor:
         """Logit of p(same class) for every (query, support) pair: [Q, S]."""
@@ -76,25 +71,17 @@ class SiameseNet(MetricModule):
         loss = F.binary_cross_entropy_with_logits(logits[queries, supports], same.to(logits.dtype))
         return loss, self.class_scores(logits)
 
-    def evaluate_episodes(self, batch: TaskBatch, split: str, batch_idx: int = 0) -> None:
-        """N-way accuracy as every method reports it, and verification accuracy on pairs."""
-        super().evaluate_episodes(batch, split, batch_idx)
+    def extra_episode_scores(self, batch: TaskBatch) -> dict[str, Tensor]:
+        """Verification accuracy on each episode's balanced pairs (N-way accuracy, every
+        method's score, is the protocol's)."""
         pair_accuracy = []
         for task in batch.tasks():
             self.process_support_set(task.support_x, task.support_y)
             logits = self.same_class_logits(self.embed(task.query_x))
             queries, supports, same = balanced_pairs(task.support_y, task.query_y)
             pair_accuracy.append(((logits[queries, supports] > 0) == same).float().mean())
-        self.pair_accuracy[split].update(torch.stack(pair_accuracy))
+        return {"pair_acc": torch.stack(pair_accuracy)}
 
     @property
     def validation_metrics(self) -> list[str]:
         return [*super().validation_metrics, "val/pair_acc"]
-
-    def report_episodes(self, split: str) -> dict[str, float]:
-        results = super().report_episodes(split)
-        mean, ci95 = mean_and_ci95(self.pair_accuracy[split].compute())
-        self.pair_accuracy[split].reset()
-        pair_results = {f"{split}/pair_acc": mean, f"{split}/pair_acc_ci95": ci95}
-        self.log_dict(pair_results, sync_dist=False)
-        return results | pair_results

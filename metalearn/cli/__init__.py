@@ -7,9 +7,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from metalearn import MALLOC_SETTINGS
 from metalearn.errors import UserError
-from metalearn.run.sweeps import in_multirun, record_job_error
+from metalearn.run.allocator import tune_malloc
+from metalearn.run.run_dir import in_multirun, record_job_error
 
 
 def run_cli(function: Callable[..., Any], *args) -> Any:
@@ -17,7 +17,9 @@ def run_cli(function: Callable[..., Any], *args) -> Any:
     2; anything else is a bug and keeps its traceback. In a multirun, a job's mistake ends only
     that job: it is recorded for the sweep summary (which then ends the sweep with status 2), and
     the job returns None to the sweeper."""
-    logging.getLogger(__name__).debug(MALLOC_SETTINGS)
+    # again here: a launcher's workers (joblib) run jobs in processes the entry point's call
+    # did not reach
+    logging.getLogger(__name__).debug(tune_malloc())
     try:
         return function(*args)
     except UserError as error:

@@ -2,6 +2,8 @@
 
 Each flag sets a config key, `--set KEY=VALUE` passes any Hydra override through, and the run is
 `metalearn.run.training.train`, as with train.py: the same arguments give the same results.json.
+A user's own algorithm or dataset is found as train.py finds it, through
+`--set hydra.searchpath=[file://DIR]`.
 """
 
 from __future__ import annotations
@@ -63,15 +65,30 @@ def positive_number(text: str) -> float:
 
 
 def algorithm_summary(name: str) -> str:
-    """The first line of the algorithm config's header comment, without its file pointer."""
-    for line in (CONFIG_DIR / "algorithm" / f"{name}.yaml").read_text().splitlines():
+    """The first line of the algorithm config's header comment, without its file pointer; for a
+    user's own algorithm (found through hydra.searchpath), where it comes from."""
+    path = CONFIG_DIR / "algorithm" / f"{name}.yaml"
+    if not path.is_file():
+        return "(your own, from hydra.searchpath)"
+    for line in path.read_text().splitlines():
         if line.startswith("#") and "@package" not in line:
             return line.lstrip("# ").split(": metalearn/")[0]
     return ""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    algorithms = config_choices("algorithm")
+def set_overrides(argv: Sequence[str] | None) -> list[str]:
+    """The --set overrides alone, read before the full parser is built: a
+    `--set hydra.searchpath=[file://DIR]` among them adds the user's algorithms and datasets to
+    the choices of --algorithm and --dataset."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--set", action="append", default=[])
+    return parser.parse_known_args(argv)[0].set
+
+
+def build_parser(overrides: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser, with the algorithms and datasets that the config search path of `overrides`
+    (the --set overrides) holds."""
+    algorithms = config_choices("algorithm", overrides)
     listing = "\n".join(f"  {name:<13} {algorithm_summary(name)}" for name in algorithms)
     aliases = "\n".join(f"  {alias:<13} = {name}" for alias, name in ALGORITHM_ALIASES.items())
     parser = OneLineParser(
@@ -83,13 +100,16 @@ def build_parser() -> argparse.ArgumentParser:
                "  python meta_learning.py --algorithm maml --shots 5 --tasks 1000 --inner-steps 5\n"
                "  python meta_learning.py --algorithm prototypical --shots 1 --way 5 --query 15\n"
                "  python meta_learning.py --algorithm maml --set dataset.split=lake --set "
-               "trainer=gpu",
+               "trainer=gpu\n"
+               "  python meta_learning.py --algorithm mine --set "
+               "'hydra.searchpath=[file:///path/to/my/configs]'   # your own algorithm",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--algorithm", default="protonet", metavar="NAME",
                         choices=algorithms + list(ALGORITHM_ALIASES),
                         help="one of the algorithms below (default: protonet)")
-    parser.add_argument("--dataset", default="omniglot", choices=config_choices("dataset"),
+    parser.add_argument("--dataset", default="omniglot",
+                        choices=config_choices("dataset", overrides),
                         help="task family (default: omniglot)")
     parser.add_argument("--way", type=whole_number(1), help="classes per task (episode.n_way)")
     parser.add_argument("--shots", type=whole_number(1),
@@ -147,7 +167,7 @@ def check_set_overrides(overrides: Sequence[str], settings: dict[str, Any],
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
-    algorithm = algorithm_name(args.algorithm)
+    algorithm = algorithm_name(args.algorithm, args.set)
     if args.output_dir is not None and args.output_dir.exists() and not args.output_dir.is_dir():
         raise UserError(f"--output-dir {args.output_dir} is a file; name a directory")
     cfg = compose_config([f"algorithm={algorithm}", f"dataset={args.dataset}", *args.set],
@@ -168,6 +188,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    return run_cli(run, args, parser)
+    return run_cli(parse_and_run, argv)
+
+
+def parse_and_run(argv: Sequence[str] | None) -> dict:
+    parser = build_parser(set_overrides(argv))
+    return run(parser.parse_args(argv), parser)

@@ -128,9 +128,10 @@ class CifarFS(ClassificationTaskFamily):
     """
 
     def __init__(self, root: str, data_dir: str, image_size: int = 32, channels: int = 3,
-                 normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+                 normalize: tuple[Sequence[float], Sequence[float]] | None = (
+                     (0.5074, 0.4867, 0.4411), (0.2675, 0.2566, 0.2763)),
                  augment: Augment | None = None,
-                 download: bool = False):
+                 download: bool = True):
         check_settings(image_size, channels, normalize)
         root_path = Path(root).expanduser()
         release = ((root_path / RELEASE_FOLDER).is_dir()

@@ -119,9 +119,10 @@ class CUB(ClassificationTaskFamily):
     """
 
     def __init__(self, root: str, data_dir: str, image_size: int = 84, channels: int = 3,
-                 normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+                 normalize: tuple[Sequence[float], Sequence[float]] | None = (
+                     (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
                  augment: Augment | None = None,
-                 download: bool = False):
+                 download: bool = True):
         check_settings(image_size, channels, normalize)
         folder = dataset_folder(Path(root).expanduser(), download)
         files, splits = read_dataset(folder)

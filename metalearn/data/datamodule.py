@@ -49,7 +49,7 @@ EXAMPLE_STREAM = len(SPLITS)
 
 class ExampleStream(Dataset):
     """Item i is a batch of `batch_size` meta-train examples with their class indices: the
-    supervised pre-training of the fine-tuning baselines (baseline, baseline_pp, rfs).
+    supervised pre-training of the algorithms that pre-train on examples, not tasks.
 
     Passes over the examples follow each other, each in its own order: item i is part i % n of
     pass i // n, in the order seeded_generator(seed, EXAMPLE_STREAM, pass) draws (and
@@ -86,6 +86,11 @@ class ExampleStream(Dataset):
         return self.tasks.labelled_examples("train", rows, generator)
 
 
+#: what meta-training steps take: (data module, rank, world_size) -> a stream whose item i is
+#: step i of this process's share (an algorithm's `training_stream`)
+TrainingStream = Callable[["EpisodicDataModule", int, int], Dataset]
+
+
 class EpochSampler(Sampler[int]):
     """Yields items epoch * n .. epoch * n + n - 1, so every epoch meets fresh tasks.
 
@@ -119,7 +124,7 @@ class ResumableLoader(DataLoader):
     """
 
     # **loader_args: Lightning rebuilds loaders with other samplers (trainer.overfit_batches)
-    def __init__(self, dataset: TaskStream, items_done: Callable[[], int], **loader_args):
+    def __init__(self, dataset: TaskStream | ExampleStream, items_done: Callable[[], int], **loader_args):
         super().__init__(dataset, **loader_args)
         self.items_done = items_done
 
@@ -147,7 +152,8 @@ class RankSampler(Sampler[int]):
 
 
 class EpisodicDataModule(LightningDataModule):
-    """Meta-train batches of `meta_batch_size` tasks; fixed meta-val and meta-test episodes.
+    """The meta-training stream the trained algorithm asks for; fixed meta-val and meta-test
+    episodes.
 
     Args:
         tasks: the task family (a dataset config instantiated).
@@ -165,22 +171,23 @@ class EpisodicDataModule(LightningDataModule):
         seed: seeds the meta-training stream.
         eval_batch_size: episodes per validation/test step (speed only; the episodes stay the same).
         num_workers: DataLoader workers.
-        pretraining_batch_size: set (by the builder) for the algorithms that pre-train on
-            meta-train examples rather than tasks (`trains_on_examples`): the examples per
-            training step, an epoch then being one pass over the meta-train examples; the
-            episode settings of meta-training (meta_batch_size, num_tasks, train_n_way,
-            train_query_size) then play no part.
+        training_stream: the trained algorithm's `training_stream` (passed by the builder):
+            what meta-training steps take, asked of this data module when the training loader
+            is made; None: batches of tasks (`task_stream`). The algorithms that pre-train on
+            examples ask for batches of labelled meta-train examples (`example_stream`), for
+            which the episode settings of meta-training (meta_batch_size, num_tasks,
+            train_n_way, train_query_size) play no part.
     """
 
     def __init__(self, tasks: TaskFamily, n_way: int = 5, k_shot: int = 1, query_size: int = 15,
                  train_n_way: int | None = None, train_query_size: int | None = None,
-                 meta_batch_size: int = 1, num_tasks: int = 1000, val_episodes: int = 100,
+                 meta_batch_size: int = 1, num_tasks: int = 1000, val_episodes: int = 200,
                  test_episodes: int = 600, eval_seed: int = 0, seed: int = 0,
                  eval_batch_size: int = 8, num_workers: int = 0,
-                 pretraining_batch_size: int | None = None):
+                 training_stream: TrainingStream | None = None):
         super().__init__()
-        self.pretraining_batch_size = pretraining_batch_size
         self.tasks = tasks
+        self.training_stream = training_stream or type(self).task_stream
         self.n_way, self.k_shot, self.query_size = n_way, k_shot, query_size
         self.train_n_way = train_n_way or n_way
         self.train_query_size = train_query_size or query_size
@@ -188,18 +195,35 @@ class EpisodicDataModule(LightningDataModule):
         self.val_episodes, self.test_episodes = val_episodes, test_episodes
         self.eval_seed, self.seed = eval_seed, seed
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
-        if num_tasks % meta_batch_size and pretraining_batch_size is None:
+
+    def task_stream(self, rank: int = 0, world_size: int = 1) -> TaskStream:
+        """Meta-batches of `meta_batch_size` tasks; an epoch is episode.num_tasks in whole
+        meta-batches, rounded up."""
+        if self.meta_batch_size % world_size:
+            raise UserError(
+                f"episode.meta_batch_size={self.meta_batch_size} cannot be split evenly over "
+                f"{world_size} processes; use a multiple of {world_size}"
+            )
+        steps = math.ceil(self.num_tasks / self.meta_batch_size)
+        if self.num_tasks % self.meta_batch_size:
             log.warning("episode.num_tasks=%d is not a whole number of meta-batches of %d: an epoch "
-                        "is %d outer steps (%d tasks)", num_tasks, meta_batch_size,
-                        self.steps_per_epoch, self.steps_per_epoch * meta_batch_size)
+                        "is %d outer steps (%d tasks)", self.num_tasks, self.meta_batch_size,
+                        steps, steps * self.meta_batch_size)
+        shape = TaskShape(self.train_n_way, self.k_shot, self.train_query_size)
+        return TaskStream(self.tasks, "train", shape, self.meta_batch_size, self.seed, steps,
+                          rank, world_size)
+
+    def example_stream(self, batch_size: int, rank: int = 0,
+                       world_size: int = 1) -> ExampleStream:
+        """Batches of `batch_size` labelled meta-train examples (the task family's
+        `labelled_examples`); an epoch is one pass over them."""
+        steps = math.ceil(self.tasks.num_examples("train") / batch_size)
+        return ExampleStream(self.tasks, batch_size, self.seed, steps, rank, world_size)
 
     @property
     def steps_per_epoch(self) -> int:
-        """Outer steps per epoch: episode.num_tasks in whole meta-batches, rounded up (in
-        pre-training: batches of a pass over the meta-train examples)."""
-        if self.pretraining_batch_size is not None:
-            return math.ceil(self.tasks.num_examples("train") / self.pretraining_batch_size)
-        return math.ceil(self.num_tasks / self.meta_batch_size)
+        """Outer steps per epoch: items of an epoch of the training stream."""
+        return len(self.training_stream(self, 0, 1))
 
     def ranks(self) -> tuple[int, int]:
         """(this process's rank, number of processes) under the trainer; (0, 1) without one."""
@@ -207,24 +231,9 @@ class EpisodicDataModule(LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        rank, world_size = self.ranks()
-        if self.pretraining_batch_size is not None:
-            stream = ExampleStream(self.tasks, self.pretraining_batch_size, self.seed,
-                                   self.steps_per_epoch, rank, world_size)
-            return ResumableLoader(stream, self.train_items_done, batch_size=None,
-                                   sampler=EpochSampler(self.steps_per_epoch),
-                                   num_workers=self.num_workers)
-        if self.meta_batch_size % world_size:
-            raise UserError(
-                f"algorithm.meta_batch_size={self.meta_batch_size} cannot be split evenly over "
-                f"{world_size} processes; use a multiple of {world_size}"
-            )
-        shape = TaskShape(self.train_n_way, self.k_shot, self.train_query_size)
-        stream = TaskStream(self.tasks, "train", shape, self.meta_batch_size, self.seed,
-                            self.steps_per_epoch, rank, world_size)
+        stream = self.training_stream(self, *self.ranks())
         return ResumableLoader(stream, self.train_items_done, batch_size=None,
-                               sampler=EpochSampler(self.steps_per_epoch),
-                               num_workers=self.num_workers)
+                               sampler=EpochSampler(len(stream)), num_workers=self.num_workers)
 
     def train_items_done(self) -> int:
         trainer = self.trainer

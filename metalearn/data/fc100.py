@@ -124,9 +124,10 @@ class FC100(ClassificationTaskFamily):
 
     def __init__(self, root: str, data_dir: str, image_size: int = CIFAR100_SIZE,
                  channels: int = 3,
-                 normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+                 normalize: tuple[Sequence[float], Sequence[float]] | None = (
+                     (0.5074, 0.4867, 0.4411), (0.2675, 0.2566, 0.2763)),
                  augment: Augment | None = None,
-                 download: bool = False):
+                 download: bool = True):
         check_settings(image_size, channels, normalize)
         root_path = Path(root).expanduser()
         pickles = ((root_path / url_name(RELEASE_URL)).is_file()

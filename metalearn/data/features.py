@@ -27,7 +27,12 @@ import torch
 from torch import Tensor
 
 from metalearn.data.episodes import ClassExamples, TaskBatch, TaskShape, gather
-from metalearn.data.task_family import SPLITS, ClassificationTaskFamily, TaskFamily
+from metalearn.data.task_family import (
+    SPLITS,
+    ClassificationTaskFamily,
+    EpisodeSettings,
+    TaskFamily,
+)
 from metalearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -148,6 +153,8 @@ def standardizer(train_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class FeatureClassification(ClassificationTaskFamily):
     """N-way K-shot tasks over a table's labels; see the module docstring."""
 
+    drops_small_classes = True
+
     def __init__(self, table: pd.DataFrame, label_column: str, split_column: str | None,
                  feature_columns: Sequence[str] | None, standardize: bool,
                  split_fractions: Sequence[float], split_seed: int,
@@ -182,6 +189,7 @@ class FeatureRegression(TaskFamily):
     K support and Q query rows of the group, drawn without replacement."""
 
     task_type = "regression"
+    output_dim = 1
 
     def __init__(self, table: pd.DataFrame, task_column: str, target_column: str,
                  split_column: str | None, feature_columns: Sequence[str] | None,
@@ -204,8 +212,10 @@ class FeatureRegression(TaskFamily):
             self.splits[name] = (ClassExamples(torch.from_numpy(np.ascontiguousarray(
                 features[rows])), offsets, tuple(map(str, keys))),
                 torch.from_numpy(target_values[rows]))
-        self.input_shape = (features.shape[1],)
-        self.output_dim = 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.splits["train"][0].example_shape
 
     def smallest_group(self) -> tuple[str, int]:
         """The name and row count of the smallest task (group), of any split."""
@@ -213,6 +223,15 @@ class FeatureRegression(TaskFamily):
                      key=lambda data: int(data.counts.min()))
         index = int(groups.counts.argmin())
         return groups.names[index], int(groups.counts[index])
+
+    def check_fits(self, episode: EpisodeSettings, name: str) -> None:
+        """A task's support and query rows are distinct rows of its group."""
+        group, rows = self.smallest_group()
+        needed = episode.k_shot + (episode.train_query_size or episode.query_size)
+        if needed > rows:
+            raise UserError(f"episode.k_shot + episode.query_size = {needed} is more than the "
+                            f"{rows} rows of task {group!r}, the table's smallest; use at most "
+                            f"{rows} together")
 
     def num_classes(self, split: str) -> int:
         """The tasks (groups) of a split."""

@@ -108,6 +108,8 @@ class ImageFolder(ClassificationTaskFamily):
         augment: the augmentation of meta-training episodes (dataset.augment), or null.
     """
 
+    drops_small_classes = True
+
     def __init__(self, root: str, data_dir: str, image_size: int = 84, channels: int = 3,
                  split_file: str | None = None,
                  split_fractions: Sequence[float] = (0.64, 0.16, 0.20), split_seed: int = 0,

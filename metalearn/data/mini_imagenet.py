@@ -141,9 +141,10 @@ class MiniImageNet(ClassificationTaskFamily):
     """
 
     def __init__(self, root: str, data_dir: str, image_size: int = 84, channels: int = 3,
-                 normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+                 normalize: tuple[Sequence[float], Sequence[float]] | None = (
+                     (0.4721, 0.4533, 0.4100), (0.2772, 0.2678, 0.2845)),
                  augment: Augment | None = None,
-                 download: bool = False):
+                 download: bool = True):
         check_settings(image_size, channels, normalize)
         root_path = Path(root).expanduser()
         if (root_path / "images").is_dir():

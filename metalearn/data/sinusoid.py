@@ -12,7 +12,7 @@ import math
 import torch
 
 from metalearn.data.episodes import TaskBatch
-from metalearn.data.task_family import TaskFamily
+from metalearn.data.task_family import EpisodeSettings, TaskFamily
 from metalearn.errors import UserError
 
 
@@ -31,6 +31,12 @@ class Sinusoid(TaskFamily):
             if not low <= high:
                 raise UserError(f"dataset.{key}=[{low}, {high}] must be [low, high] with low <= high")
         self.amplitude, self.phase, self.x_range = tuple(amplitude), tuple(phase), tuple(x_range)
+
+    def num_classes(self, split: str) -> None:
+        """None: tasks come from a continuum, not a finite set."""
+
+    def check_fits(self, episode: EpisodeSettings, name: str) -> None:
+        """Any number of points can be drawn from a sinusoid."""
 
     def sample(self, split, shape, batch_size, generator):
         def uniform(bounds, *shape):

@@ -1,9 +1,13 @@
-"""What the episodic data module asks of a dataset: sample a batch of tasks from a split."""
+"""The data-source protocol: what the runner, the data module and the Python API ask of a
+dataset. A new kind of data is a `TaskFamily` subclass and a dataset config targeting it; nothing
+in the runner names a family.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,19 +25,75 @@ from metalearn.errors import UserError
 SPLITS = ("train", "val", "test")
 
 
-class TaskFamily(ABC):
-    """A distribution of few-shot tasks with disjoint meta-train / meta-val / meta-test parts."""
+class EpisodeSettings(NamedTuple):
+    """The task shapes an episode config asks for (its keys by their names): `n_way` classes,
+    `k_shot` support and `query_size` query examples (per class for classification), and the
+    meta-training shape where it differs (`train_n_way`, `train_query_size`; None: the same)."""
 
-    #: "classification" or "regression"; algorithms declare which they support.
-    task_type: str
-    #: shape of one input (C, H, W for images); backbones are built for it.
-    input_shape: tuple[int, ...]
+    n_way: int
+    k_shot: int
+    query_size: int
+    train_n_way: int | None = None
+    train_query_size: int | None = None
+
+
+class TaskFamily(ABC):
+    """A distribution of few-shot tasks with disjoint meta-train / meta-val / meta-test parts.
+
+    A family implements the abstract members; `num_examples` and `labelled_examples` only where
+    its tasks are built from labelled examples an algorithm may pre-train on (the fine-tuning
+    baselines do), the defaults refusing with one line.
+    """
+
+    @property
+    @abstractmethod
+    def task_type(self) -> str:
+        """"classification" or "regression"; algorithms declare which they support."""
+
+    @property
+    @abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one input (C, H, W for images, (features,) for vectors); backbones are
+        built for it."""
+
+    @property
+    @abstractmethod
+    def output_dim(self) -> int | None:
+        """Regression: the width of one target, what a learner outputs. Classification: None, a
+        learner having one output per class of a task (episode.n_way)."""
+
+    @abstractmethod
+    def num_classes(self, split: str) -> int | None:
+        """Classification: the classes of `split`. Regression: the distinct tasks `split` holds
+        (a table's groups of rows), or None where tasks come from a continuum (sinusoids)."""
+
+    @abstractmethod
+    def check_fits(self, episode: EpisodeSettings, name: str) -> None:
+        """Raises a one-line UserError, naming the episode key, its value and the most the data
+        allows, when tasks of these shapes cannot be drawn from every split (before anything is
+        built). `name`: the dataset's config name, for the message."""
 
     @abstractmethod
     def sample(self, split: str, shape: TaskShape, batch_size: int,
                generator: torch.Generator) -> TaskBatch:
         """Draws `batch_size` tasks of `shape` from `split`, using only `generator` for
         randomness."""
+
+    def num_examples(self, split: str) -> int:
+        """The labelled examples of `split`, for the algorithms that pre-train on examples rather
+        than tasks: `labelled_examples` takes rows below this number."""
+        raise self.no_labelled_examples()
+
+    def labelled_examples(self, split: str, rows: Tensor,
+                          generator: torch.Generator) -> ExampleBatch:
+        """The split's examples at `rows` with their classes' indices in the split (not episodes:
+        what supervised pre-training takes), using only `generator` for randomness."""
+        raise self.no_labelled_examples()
+
+    def no_labelled_examples(self) -> UserError:
+        return UserError(f"{type(self).__name__} ({self.task_type} tasks) has no labelled "
+                         "examples to pre-train on; an algorithm that pre-trains on examples needs "
+                         "a dataset of labelled examples (a ClassificationTaskFamily)")
 
 
 class ClassificationTaskFamily(TaskFamily):
@@ -48,6 +108,10 @@ class ClassificationTaskFamily(TaskFamily):
     """
 
     task_type = "classification"
+    output_dim = None
+    #: whether the family has the `min_examples` setting that leaves out small classes (the
+    #: error of a task shape larger than the smallest class then suggests it)
+    drops_small_classes = False
 
     def __init__(self, splits: dict[str, ClassExamples],
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
@@ -65,6 +129,37 @@ class ClassificationTaskFamily(TaskFamily):
 
     def num_classes(self, split: str) -> int:
         return self.splits[split].num_classes
+
+    def check_fits(self, episode: EpisodeSettings, name: str) -> None:
+        ways = {split: ("n_way", episode.n_way) for split in SPLITS}
+        queries = [("query_size", episode.query_size)]
+        if episode.train_n_way:
+            ways["train"] = ("train_n_way", episode.train_n_way)
+        if episode.train_query_size:
+            queries.append(("train_query_size", episode.train_query_size))
+        for split, (key, n_way) in ways.items():
+            if n_way < 2:
+                raise UserError(f"episode.{key}={n_way}: a classification task needs at least 2 "
+                                "classes (with one, every prediction is right)")
+            classes = self.num_classes(split)
+            if n_way > classes:
+                raise UserError(
+                    f"episode.{key}={n_way} is more than the {classes} classes of {name}'s "
+                    f"meta-{split} split; use at most {classes}"
+                )
+        smallest, examples = self.smallest_class()
+        uniform = all(int(part.counts.max()) == examples for part in self.splits.values())
+        where = (f"examples per class of {name}" if uniform else
+                 f"examples of {name}'s class {smallest!r}, its smallest")
+        hint = ("" if uniform or not self.drops_small_classes else
+                ", or leave out the classes that small with dataset.min_examples")
+        for key, query_size in queries:
+            if episode.k_shot + query_size > examples:
+                raise UserError(
+                    f"episode.k_shot + episode.{key} = {episode.k_shot} + {query_size} = "
+                    f"{episode.k_shot + query_size} is more than the {examples} {where}; use at "
+                    f"most {examples} together{hint}"
+                )
 
     def smallest_class(self) -> tuple[str, int]:
         """The name and example count of the class with the fewest examples, of any split."""
@@ -87,8 +182,7 @@ class ClassificationTaskFamily(TaskFamily):
 
     def labelled_examples(self, split: str, rows: Tensor,
                           generator: torch.Generator) -> ExampleBatch:
-        """The split's examples at `rows` with their classes' indices in the split (not episodes:
-        what supervised pre-training takes), augmented as meta-training episodes are."""
+        """Augmented as meta-training episodes are."""
         data = self.splits[split]
         x = gather(data.examples, rows)
         if split == "train" and self.augment is not None:

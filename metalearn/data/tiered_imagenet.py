@@ -112,7 +112,8 @@ class TieredImageNet(ClassificationTaskFamily):
     """
 
     def __init__(self, root: str, data_dir: str, image_size: int = 84, channels: int = 3,
-                 normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+                 normalize: tuple[Sequence[float], Sequence[float]] | None = (
+                     (0.4721, 0.4533, 0.4100), (0.2772, 0.2678, 0.2845)),
                  augment: Augment | None = None,
                  download: bool = False):
         check_settings(image_size, channels, normalize)

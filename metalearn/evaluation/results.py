@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from metalearn.files import write_text
-from metalearn.run.config_check import component_name
+from metalearn.paths import component_name
 
 
 def results_record(cfg: DictConfig, scores: dict[str, float]) -> dict:

@@ -22,8 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalearn.errors import UserError
-
 # keeps cosines defined when a slot or key is all zeros
 EPSILON = 1e-8
 # every slot starts as this constant: all content weights equal, no NaN cosines
@@ -134,12 +132,11 @@ class MemoryNetwork(nn.Module):
 
 
 def make_controller(kind: str, input_size: int, hidden_size: int) -> nn.Module:
-    """An LSTM cell or a one-layer feed-forward ReLU network, both (x, state) -> (h, state)."""
-    if kind == "lstm":
-        return LSTMController(input_size, hidden_size)
-    if kind == "feedforward":
-        return FeedForwardController(input_size, hidden_size)
-    raise UserError(f"algorithm.controller={kind!r} is not one of: lstm, feedforward")
+    """An LSTM cell or a one-layer feed-forward ReLU network, both (x, state) -> (h, state):
+    CONTROLLERS[kind]."""
+    if kind not in CONTROLLERS:
+        raise ValueError(f"controller {kind!r} is not one of: {', '.join(CONTROLLERS)}")
+    return CONTROLLERS[kind](input_size, hidden_size)
 
 
 class LSTMController(nn.Module):
@@ -168,3 +165,7 @@ class FeedForwardController(nn.Module):
 
     def forward(self, inputs: Tensor, state: tuple[()]):
         return self.layer(inputs), state
+
+
+#: the controllers a memory network may have, by name
+CONTROLLERS = {"lstm": LSTMController, "feedforward": FeedForwardController}

@@ -1,4 +1,6 @@
-"""glibc malloc settings that suit PyTorch on the CPU, set when metalearn is imported.
+"""glibc malloc settings that suit PyTorch on the CPU: `tune_malloc`, called by the entry points
+(train.py, eval.py, compare.py, meta_learning.py) before they build anything and by the Python API
+when it builds its first MetaLearner; `import metalearn` alone leaves malloc as it was.
 
 By default glibc serves every allocation above a threshold (at most 32 MiB) with its own mmap and
 unmaps it when freed, and gives freed heap memory back to the system. A training step allocates
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
@@ -26,6 +29,7 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 KEEP_FREED_BYTES = 2**31 - 1  # mallopt takes an int: give memory back above 2 GiB free only
 
 
+@functools.cache  # settings of the process: applied once, the line kept for the logs
 def tune_malloc() -> str:
     """Applies the settings when they apply; returns the line that says what was done."""
     if os.environ.get("METALEARN_SYSTEM_MALLOC", "0") not in ("", "0"):

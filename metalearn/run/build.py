@@ -1,15 +1,12 @@
 """Building what a composed config describes: the task family, the data module and the algorithm.
 
 Every config group with a `_target_` is instantiated with its keys as constructor arguments, plus
-the ones listed in INJECTED_ARGUMENTS, which the builder passes itself (from the data or from the
-other groups) and a config never sets. A key that is not a constructor argument is an error
-naming the valid ones, before anything is built.
+the ones listed in INJECTED_ARGUMENTS (metalearn/run/config_check.py), which the builder passes
+itself (from the data or from the other groups) and a config never sets.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from hydra.errors import InstantiationException
@@ -18,11 +15,12 @@ from omegaconf import DictConfig
 
 from metalearn.errors import UserError
 from metalearn.models.backbones import UserBackbone
+from metalearn.paths import component_name
 from metalearn.run.config_check import (
+    accepted_arguments,
     check_algorithm_fits,
-    check_config,
     check_episode_fits,
-    component_name,
+    validate,
 )
 
 if TYPE_CHECKING:  # building imports Lightning only through the classes it instantiates
@@ -32,60 +30,7 @@ if TYPE_CHECKING:  # building imports Lightning only through the classes it inst
     from metalearn.data.datamodule import EpisodicDataModule
     from metalearn.data.task_family import TaskFamily
 
-#: the constructor arguments the builder passes, by config group
-INJECTED_ARGUMENTS = {
-    "backbone": ("input_shape",),
-    "episode": ("tasks", "pretraining_batch_size"),
-    "algorithm": ("backbone", "task_type", "output_dim", "train_classes"),
-}
-#: groups whose keys are constructor arguments of their `_target_`
-BUILT_GROUPS = ("dataset", "backbone", "episode", "algorithm")
 USER_BACKBONE = f"{UserBackbone.__module__}.{UserBackbone.__qualname__}"
-
-
-def accepted_arguments(target: type | Callable) -> list[str]:
-    """The keyword arguments a class's constructor (or a function) takes, following `**kwargs`
-    passed on to the base classes (as the algorithms pass theirs to EpisodicModule)."""
-    if not isinstance(target, type):
-        return [p.name for p in inspect.signature(target).parameters.values()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    names: list[str] = []
-    for klass in target.__mro__:
-        if "__init__" not in vars(klass):
-            continue
-        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
-        names += [p.name for p in parameters
-                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names]
-        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
-            break
-    return names
-
-
-def settings_of(group: str, node: DictConfig) -> list[str]:
-    """The settings a config of `group` may hold: its target's constructor arguments, less the
-    injected ones."""
-    injected = INJECTED_ARGUMENTS.get(group, ())
-    return [name for name in accepted_arguments(get_object(node._target_))
-            if name not in injected]
-
-
-def check_known_keys(cfg: DictConfig) -> None:
-    """Every key of the built groups must be a setting of its target."""
-    for group in BUILT_GROUPS:
-        node = cfg.get(group)
-        if not node or "_target_" not in node:
-            continue
-        settings = settings_of(group, node)
-        for key in node:
-            if not key.startswith("_") and key not in settings:
-                raise UserError(f"{group}.{key} is not a setting of {node._target_}; its "
-                                f"settings are: {', '.join(sorted(settings))}")
-
-
-def validate(cfg: DictConfig) -> None:
-    """The checks that need no data: known keys, then types and ranges."""
-    check_known_keys(cfg)
-    check_config(cfg)
 
 
 def find_user_error(error: BaseException | None) -> UserError | None:
@@ -127,13 +72,20 @@ def instantiate_checked(node: DictConfig, **kwargs) -> Any:
 
 def build(cfg: DictConfig, model: nn.Module | None = None,
           tasks: TaskFamily | None = None) -> tuple[EpisodicDataModule, EpisodicModule]:
-    """Checks the config, then instantiates the data module and the algorithm it describes.
+    """Checks `cfg` (`validate`), then instantiates what it describes (`instantiate_run`)."""
+    validate(cfg)
+    return instantiate_run(cfg, model, tasks)
+
+
+def instantiate_run(cfg: DictConfig, model: nn.Module | None = None,
+                    tasks: TaskFamily | None = None) -> tuple[EpisodicDataModule, EpisodicModule]:
+    """The data module and the algorithm that `cfg`, already checked by `validate`, describes,
+    after checking them against the data (the jobs validate before they touch a run directory).
 
     `model`, a user's network, is the backbone of a config whose backbone is a UserBackbone.
     `tasks`: the task family when it is already at hand (a TaskSampler's); otherwise the config's
     dataset, instantiated.
     """
-    validate(cfg)
     if tasks is None:
         tasks = instantiate_checked(cfg.dataset)
     check_algorithm_fits(cfg, tasks)
@@ -154,10 +106,9 @@ def build(cfg: DictConfig, model: nn.Module | None = None,
 
 def build_datamodule(cfg: DictConfig, tasks: TaskFamily,
                      algorithm: EpisodicModule) -> EpisodicDataModule:
-    """The episode config's data module for `tasks`; an algorithm that pre-trains on examples
-    (the fine-tuning baselines) gets batches of meta-train examples to train on."""
-    batch_size = algorithm.batch_size if algorithm.trains_on_examples else None
-    return instantiate(cfg.episode, tasks=tasks, pretraining_batch_size=batch_size)
+    """The episode config's data module for `tasks`, asking `algorithm` what its meta-training
+    steps take (`training_stream`)."""
+    return instantiate(cfg.episode, tasks=tasks, training_stream=algorithm.training_stream)
 
 
 def instantiate_all(nodes: DictConfig | None) -> list[Any]:

@@ -3,7 +3,7 @@ and every pair with its paired difference, the 95% interval of the per-episode d
 paired t-test and the Wilcoxon signed-rank test, and whether the difference stays significant
 after Holm's correction over all pairs (metalearn/evaluation/statistics.py).
 
-The checkpoints load as eval.py's do (their stored configs with the user's overrides); the test
+The checkpoints load as eval.py's do (metalearn/run/stored_runs.py) (their stored configs with the user's overrides); the test
 episodes are the compare config's (episode.test_episodes, episode.eval_seed), the same for all.
 """
 
@@ -22,14 +22,10 @@ from metalearn.evaluation.results import (
     write_comparison,
 )
 from metalearn.evaluation.statistics import pairwise_comparisons
-from metalearn.run.config_check import component_name
-from metalearn.run.evaluate import (
-    StoredRun,
-    eval_trainer,
-    meta_test_scores,
-    stored_run,
-    tested_model,
-)
+from metalearn.paths import component_name
+from metalearn.run.config_check import validate
+from metalearn.run.engine import meta_test_scores, test_trainer
+from metalearn.run.stored_runs import StoredRun, stored_run, tested_model
 
 
 def checkpoint_paths(cfg: DictConfig) -> list[str]:
@@ -92,9 +88,10 @@ def compare(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
     tasks, checkpoints, scores = None, [], []
     for number, run in enumerate(runs, 1):
         # the first checkpoint's task family serves all: the same classes and images
+        validate(run.cfg)
         datamodule, model = tested_model(run, run.cfg, tasks=tasks)
         tasks = datamodule.tasks
-        results, per_episode = meta_test_scores(eval_trainer(run.cfg, output_dir), model,
+        results, per_episode = meta_test_scores(test_trainer(run.cfg, output_dir), model,
                                                 datamodule)
         checkpoints.append({"id": number, "algorithm": component_name(run.cfg.algorithm),
                             "checkpoint": str(Path(run.path).resolve()),

@@ -3,6 +3,8 @@
 `compose_config` gives the config `python train.py <overrides>` would run with. `apply_settings`
 then sets flat names such as `inner_lr` or `k_shot` (the API's keyword arguments and
 meta_learning.py's flags) on the key of the config that holds them.
+`config_choices` lists the names a group accepts: Hydra's own options for the search path of
+the overrides, so a user's configs found through `hydra.searchpath=[file://DIR]` count as ours do.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metalearn.errors import UserError
-from metalearn.paths import CONFIG_DIR
-from metalearn.run.build import settings_of
-from metalearn.run.config_check import component_name
+from metalearn.paths import CONFIG_DIR, component_name
+from metalearn.run.config_check import settings_of
 
 # other names for an algorithm (the flag-style front end and the API accept them)
 ALGORITHM_ALIASES = {"prototypical": "protonet"}
@@ -70,24 +72,48 @@ def upgrade_stored_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def config_choices(group: str) -> list[str]:
-    """The configs of a group: the names `<group>=<name>` accepts."""
-    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+def config_choices(group: str, overrides: Iterable[str] = ()) -> list[str]:
+    """The names `<group>=<name>` accepts in `python train.py <overrides>`: the group's configs
+    in Hydra's search path, which is configs/ and the directories of a
+    `hydra.searchpath=[file://DIR]` (or `pkg://`) among the overrides (a user's own parts)."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_choices(group, overrides)
 
 
-def checked_choice(group: str, name: str) -> str:
-    """`name` if configs/<group>/<name>.yaml exists; otherwise a UserError listing the choices."""
-    choices = config_choices(group)
+def hydra_choices(group: str, overrides: Iterable[str] = (),
+                  config_name: str | None = "train") -> list[str]:
+    """The group's configs in the config repository of the Hydra now initialised (an app's, or
+    `initialize_config_dir`'s), with the search path that `overrides` and the primary config
+    give: the options Hydra accepts."""
+    loader = GlobalHydra.instance().config_loader()
+    try:
+        return sorted(loader.get_group_options(group, config_name=config_name,
+                                               overrides=list(overrides)))
+    except HydraException as error:
+        raise UserError(one_line(str(error))) from None
+
+
+def unknown_choice(group: str, name: str, choices: Iterable[str]) -> UserError:
+    """The error for a name that is not among a group's choices (an algorithm's lists the
+    aliases too)."""
+    aliases = ", ".join(f"{alias} = {target}" for alias, target in ALGORITHM_ALIASES.items())
+    return UserError(f"unknown {group} {name!r}; choose one of: {', '.join(choices)}"
+                     + (f" (aliases: {aliases})" if group == "algorithm" else ""))
+
+
+def checked_choice(group: str, name: str, overrides: Iterable[str] = ()) -> str:
+    """`name` if it is a config of the group with these overrides (`config_choices`); otherwise
+    a UserError listing the choices."""
+    choices = config_choices(group, overrides)
     if name not in choices:
-        aliases = ", ".join(f"{alias} = {target}" for alias, target in ALGORITHM_ALIASES.items())
-        raise UserError(f"unknown {group} {name!r}; choose one of: {', '.join(choices)}"
-                        + (f" (aliases: {aliases})" if group == "algorithm" else ""))
+        raise unknown_choice(group, name, choices)
     return name
 
 
-def algorithm_name(name: str) -> str:
-    """The algorithm config a name or alias selects; an unknown one is a UserError."""
-    return checked_choice("algorithm", ALGORITHM_ALIASES.get(name, name))
+def algorithm_name(name: str, overrides: Iterable[str] = ()) -> str:
+    """The algorithm config a name or alias selects with these overrides; an unknown one is a
+    UserError."""
+    return checked_choice("algorithm", ALGORITHM_ALIASES.get(name, name), overrides)
 
 
 def default_output_dir(cfg: DictConfig) -> Path:

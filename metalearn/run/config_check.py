@@ -1,4 +1,6 @@
-"""Checks of a composed config before anything is built or trained.
+"""Checks of a composed config before anything is built or trained: every key a setting of its
+group's target (`validate`), types and ranges, and the fit of the algorithm and the episodes to
+the data.
 
 Each problem is reported as one line naming the key, the value and what is allowed
 (a UserError, which the entry points print without a traceback).
@@ -6,15 +8,26 @@ Each problem is reported as one line naming the key, the value and what is allow
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 
 import torch
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 
-from metalearn.data.task_family import SPLITS, ClassificationTaskFamily, TaskFamily
+from metalearn.data.task_family import EpisodeSettings, TaskFamily
 from metalearn.errors import UserError, check_positive_number, check_whole_number
+from metalearn.paths import component_name
 
+#: the constructor arguments the builder passes, by config group
+INJECTED_ARGUMENTS = {
+    "backbone": ("input_shape",),
+    "episode": ("tasks", "training_stream"),
+    "algorithm": ("backbone", "task_type", "output_dim", "train_classes"),
+}
+#: groups whose keys are constructor arguments of their `_target_`
+BUILT_GROUPS = ("dataset", "backbone", "episode", "algorithm")
 # keys that must be integers >= 1 wherever they are present
 POSITIVE_INTS = (
     "episode.n_way", "episode.k_shot", "episode.query_size", "episode.train_n_way",
@@ -34,9 +47,49 @@ POSITIVE_FLOATS = ("algorithm.outer_lr", "algorithm.inner_lr", "algorithm.cosine
                    "algorithm.scheduler.gamma", "trainer.gradient_clip_val")
 
 
-def component_name(node: DictConfig) -> str:
-    """A config's name by our convention: configs/<group>/<name>.yaml targets .../<name>.py."""
-    return node._target_.rsplit(".", 2)[-2]
+def accepted_arguments(target: type | Callable) -> list[str]:
+    """The keyword arguments a class's constructor (or a function) takes, following `**kwargs`
+    passed on to the base classes (as the algorithms pass theirs to EpisodicModule)."""
+    if not isinstance(target, type):
+        return [p.name for p in inspect.signature(target).parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    names: list[str] = []
+    for klass in target.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        names += [p.name for p in parameters
+                  if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in names]
+        if not any(p.kind == p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def settings_of(group: str, node: DictConfig) -> list[str]:
+    """The settings a config of `group` may hold: its target's constructor arguments, less the
+    injected ones."""
+    injected = INJECTED_ARGUMENTS.get(group, ())
+    return [name for name in accepted_arguments(get_object(node._target_))
+            if name not in injected]
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Every key of the built groups must be a setting of its target."""
+    for group in BUILT_GROUPS:
+        node = cfg.get(group)
+        if not node or "_target_" not in node:
+            continue
+        settings = settings_of(group, node)
+        for key in node:
+            if not key.startswith("_") and key not in settings:
+                raise UserError(f"{group}.{key} is not a setting of {node._target_}; its "
+                                f"settings are: {', '.join(sorted(settings))}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """The checks that need no data: known keys, then types and ranges."""
+    check_known_keys(cfg)
+    check_config(cfg)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -81,6 +134,8 @@ def check_algorithm_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
             f"(dataset={component_name(cfg.dataset)}); it supports: "
             f"{', '.join(algorithm.supported_task_types)}"
         )
+    if algorithm.trains_on_examples:
+        tasks.num_examples("train")  # a family without labelled examples refuses in one line
     train_n_way = cfg.episode.get("train_n_way")
     if train_n_way and train_n_way != cfg.episode.n_way and not algorithm.supports_other_train_way:
         raise UserError(
@@ -90,45 +145,6 @@ def check_algorithm_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
 
 
 def check_episode_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
-    """Task shape against what each split of the dataset holds."""
-    if hasattr(tasks, "smallest_group"):  # regression tasks that are groups of rows of a table
-        group, rows = tasks.smallest_group()
-        needed = cfg.episode.k_shot + (cfg.episode.get("train_query_size")
-                                       or cfg.episode.query_size)
-        if needed > rows:
-            raise UserError(f"episode.k_shot + episode.query_size = {needed} is more than the "
-                            f"{rows} rows of task {group!r}, the table's smallest; use at most "
-                            f"{rows} together")
-        return
-    if not isinstance(tasks, ClassificationTaskFamily):
-        return
-    episode, name = cfg.episode, component_name(cfg.dataset)
-    ways = {split: ("n_way", episode.n_way) for split in SPLITS}
-    queries = [("query_size", episode.query_size)]
-    if episode.get("train_n_way"):
-        ways["train"] = ("train_n_way", episode.train_n_way)
-    if episode.get("train_query_size"):
-        queries.append(("train_query_size", episode.train_query_size))
-    for split, (key, n_way) in ways.items():
-        if n_way < 2:
-            raise UserError(f"episode.{key}={n_way}: a classification task needs at least 2 "
-                            "classes (with one, every prediction is right)")
-        classes = tasks.num_classes(split)
-        if n_way > classes:
-            raise UserError(
-                f"episode.{key}={n_way} is more than the {classes} classes of {name}'s "
-                f"meta-{split} split; use at most {classes}"
-            )
-    smallest, examples = tasks.smallest_class()
-    uniform = all(int(part.counts.max()) == examples for part in tasks.splits.values())
-    where = (f"examples per class of {name}" if uniform else
-             f"examples of {name}'s class {smallest!r}, its smallest")
-    for key, query_size in queries:
-        if episode.k_shot + query_size > examples:
-            hint = "" if uniform or "min_examples" not in cfg.dataset else (
-                ", or leave out the classes that small with dataset.min_examples")
-            raise UserError(
-                f"episode.k_shot + episode.{key} = {episode.k_shot} + {query_size} = "
-                f"{episode.k_shot + query_size} is more than the {examples} {where}; use at "
-                f"most {examples} together{hint}"
-            )
+    """Task shape against what each split of the dataset holds (the family's own check)."""
+    episode = EpisodeSettings(**{key: cfg.episode.get(key) for key in EpisodeSettings._fields})
+    tasks.check_fits(episode, component_name(cfg.dataset))

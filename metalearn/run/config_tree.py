@@ -32,10 +32,12 @@ def config_tree(cfg: DictConfig) -> Tree:
     return tree
 
 
-def print_config_tree(cfg: DictConfig, path: Path) -> None:
-    """Prints the config tree, and saves it without colours or trailing padding at `path`."""
+def write_config_tree(cfg: DictConfig, path: Path, show: bool = True) -> None:
+    """Saves the config tree without colours or trailing padding at `path`, and prints it with
+    `show`."""
     tree = config_tree(cfg)
-    Console().print(tree)
+    if show:
+        Console().print(tree)
     plain = Console(file=StringIO(), width=LOG_WIDTH)
     plain.print(tree)
     write_text(path, "".join(line.rstrip() + "\n" for line in plain.file.getvalue().splitlines()))

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from matplotlib.image import imread
 
 from metalearn.evaluation.results import results_table
-from metalearn.run.sweeps import in_multirun
+from metalearn.run.run_dir import in_multirun
 
 WANDB_HOST = "https://api.wandb.ai"
 

@@ -7,11 +7,13 @@ from time import perf_counter
 
 from lightning.pytorch.callbacks import TQDMProgressBar
 
+from metalearn.data.episodes import ExampleBatch
+
 
 class TasksPerSecondProgressBar(TQDMProgressBar):
     """Lightning's TQDM bar plus a `tasks/s` postfix: `tasks_per_batch` (the meta-batch size)
     times the training batches done this epoch, over the wall time since the epoch started
-    (`examples/s` for an algorithm that trains on examples, `trains_on_examples`). Updated at
+    (`examples/s` where the training batches are labelled examples, `ExampleBatch`). Updated at
     each training batch only, so validation time does not count."""
 
     def __init__(self, tasks_per_batch: int, **kwargs):
@@ -32,7 +34,7 @@ class TasksPerSecondProgressBar(TQDMProgressBar):
         self.start_counting()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if getattr(pl_module, "trains_on_examples", False):  # any LightningModule may come
+        if isinstance(batch, ExampleBatch):  # an algorithm that pre-trains on examples
             self.unit, self.items_done = "examples/s", self.items_done + len(batch.x)
         else:
             self.items_done += self.tasks_per_batch

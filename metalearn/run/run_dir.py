@@ -11,9 +11,15 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
 from metalearn.errors import UserError
+from metalearn.files import write_text
 
 LOCK_FILE = ".lock"
+#: a multirun job's one-line error, for the sweep summary
+ERROR_FILE = "error.txt"
 #: what a run writes into its directory (Hydra's .hydra/ and train.log are the launch's own)
 RUN_FILES = ("config.yaml", "config_tree.log", "results.json", "results.md", "error.txt",
              "checkpoints", "csv", "tensorboard", "wandb", "plots")
@@ -73,3 +79,13 @@ def check_writable(*folders: Path) -> None:
         except OSError as error:
             raise UserError(f"cannot write into {folder} ({error.strerror}); make it writable "
                             "or choose another hydra.run.dir") from None
+
+
+def in_multirun() -> bool:
+    """Whether Hydra runs this job as one of a multirun's (not a single run, the API or a test)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_job_error(message: str) -> None:
+    """Writes a failed job's error into its directory, for the sweep summary."""
+    write_text(Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE, message + "\n")

@@ -27,34 +27,22 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from metalearn.errors import UserError
 from metalearn.evaluation.results import markdown_table, score_name
 from metalearn.evaluation.statistics import seed_interval
 from metalearn.files import atomic_write, write_text
-from metalearn.run.compose import checked_choice, config_choices, override_keys
+from metalearn.run.compose import hydra_choices, override_keys, unknown_choice
+from metalearn.run.run_dir import ERROR_FILE
 
 # The results.json scores a summary reports, for classification and for regression runs.
 SCORE_KEYS = ("test_acc", "test_acc_ci95", "best_val_acc",
               "test_mse", "test_mse_ci95", "best_val_mse")
 FAILED = "failed (no results.json)"
-ERROR_FILE = "error.txt"
-
-
-def in_multirun() -> bool:
-    """Whether Hydra runs this job as one of a multirun's (not a single run, the API or a test)."""
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def record_job_error(message: str) -> None:
-    """Writes a failed job's error into its directory, for the sweep summary."""
-    write_text(Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE, message + "\n")
 
 
 def job_started(job_dir: Path) -> float:
@@ -208,11 +196,13 @@ class SweepSummary(Callback):
     per job that failed on a user's mistake. Hydra skips on_multirun_end when a job raises (a
     bug), so the summary is also written at exit: the failed job then gets its row."""
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_multirun_start(self, config: DictConfig, config_name: str | None = None,
+                          **kwargs: Any) -> None:
         self.sweep_dir = Path(config.hydra.sweep.dir)
         self.started = time.time()
         try:
-            check_group_choices(config.hydra.overrides.task)
+            check_group_choices(config.hydra.overrides.task, config.hydra.overrides.hydra,
+                                config_name)
         except UserError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
@@ -235,18 +225,21 @@ class SweepSummary(Callback):
         return write_summary(self.sweep_dir, self.started)
 
 
-def check_group_choices(overrides: list[str]) -> None:
+def check_group_choices(overrides: Iterable[str], hydra_overrides: Iterable[str],
+                        config_name: str | None) -> None:
     """Every value a sweep gives a config group (`algorithm=maml,protonet`) must be a config of
-    that group: checked before any job runs."""
+    that group in the running app's search path (configs/, --config-dir, and the
+    `hydra.searchpath` among hydra_overrides): checked before any job runs."""
     for override in OverridesParser.create().parse_overrides(list(overrides)):
         group = override.key_or_group
-        if not config_choices(group):
+        choices = hydra_choices(group, hydra_overrides, config_name)
+        if not choices:
             continue
         values = override.value()
         values = values.list if isinstance(values, ChoiceSweep) else [values]
         for value in values:
-            if isinstance(value, str):
-                checked_choice(group, value)
+            if isinstance(value, str) and value not in choices:
+                raise unknown_choice(group, value, choices)
 
 
 def optimized_value(cfg: DictConfig, record: dict[str, Any]) -> float | None:

@@ -14,30 +14,21 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from metalearn.algorithms.base import NonFiniteError
 from metalearn.errors import UserError
 from metalearn.evaluation.plots import write_learning_curves
 from metalearn.evaluation.results import describe, results_record, write_results
-from metalearn.files import write_text
-from metalearn.run.build import build, instantiate_all, instantiate_trainer, validate
-from metalearn.run.checkpoints import (
-    CONFIG_KEY,
-    RUN_STATE_KEY,
-    AtomicCheckpointIO,
-    RunState,
-    load_checkpoint,
-)
-from metalearn.run.config_check import component_name
-from metalearn.run.config_tree import print_config_tree
-from metalearn.run.loggers import CSVLogger, end_wandb_runs, log_config, log_results
+from metalearn.paths import component_name
+from metalearn.run.build import instantiate_run
+from metalearn.run.checkpoints import CONFIG_KEY, RUN_STATE_KEY, load_checkpoint
+from metalearn.run.config_check import validate
+from metalearn.run.engine import fitting, meta_test_scores
+from metalearn.run.loggers import log_results
 from metalearn.run.run_dir import check_writable, claim, lock
 from metalearn.run.sweeps import optimized_value
 
@@ -51,21 +42,6 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> Path | None:
     if not path.is_file():
         raise UserError(f"ckpt_path={ckpt_path!r}: no checkpoint at {path}")
     return path
-
-
-def make_trainer(cfg: DictConfig, resolved: dict, input_shape: Sequence[int],
-                 started: float | None = None) -> L.Trainer:
-    """The config's Lightning Trainer with its callbacks and loggers; checkpoints carry `resolved`,
-    the config that rebuilds the model, and the run's state. A setting Lightning refuses is a
-    UserError in one line."""
-    callbacks = instantiate_all(cfg.get("callbacks")) + [RunState(resolved, input_shape, started)]
-    return instantiate_trainer(cfg.trainer, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-                               logger=instantiate_all(cfg.get("logger")) or False)
-
-
-def write_config(output_dir: Path, resolved: dict) -> None:
-    """config.yaml: the resolved config of the run."""
-    write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved))
 
 
 def checked_resume(cfg: DictConfig, ckpt_path: Path, model: L.LightningModule) -> dict:
@@ -85,38 +61,6 @@ def checked_resume(cfg: DictConfig, ckpt_path: Path, model: L.LightningModule) -
     return checkpoint
 
 
-def resolve_monitor(cfg: DictConfig, model: L.LightningModule) -> None:
-    """Sets `monitor` and `monitor_mode` left null to the algorithm's own score, then checks
-    that the monitor is one of its meta-val scores."""
-    if cfg.get("monitor") is None:
-        cfg.monitor = model.validation_metrics[0]
-    if cfg.get("monitor_mode") is None:
-        cfg.monitor_mode = "min" if cfg.monitor.endswith("mse") else "max"
-    if cfg.monitor_mode not in ("min", "max"):
-        raise UserError(f"monitor_mode={cfg.monitor_mode!r} must be max or min")
-    if cfg.monitor not in model.validation_metrics:
-        raise UserError(f"monitor={cfg.monitor!r} is not a meta-validation score of "
-                        f"{component_name(cfg.algorithm)}; use one of: "
-                        f"{', '.join(model.validation_metrics)}")
-
-
-def stop_message(error: NonFiniteError, cfg: DictConfig, trainer: L.Trainer) -> str:
-    """The non-finite error, the last checkpoint whose meta-val score was finite, and what to
-    change."""
-    callback = trainer.checkpoint_callback
-    if callback is not None and callback.best_model_path:
-        kept = (f"The last checkpoint with a finite meta-val score is "
-                f"{Path(callback.best_model_path).relative_to(Path(cfg.paths.output_dir))} "
-                f"({cfg.monitor} {callback.best_model_score.item():.4f})")
-    else:
-        kept = "No checkpoint had a finite meta-val score"
-    rates = [f"{key}={value}" for key, value in cfg.algorithm.items()
-             if key in ("outer_lr", "inner_lr") and value is not None]
-    return (f"{error}. {kept}. Start a new run with smaller learning rates "
-            f"({', '.join(f'algorithm.{rate}' for rate in rates)}) or with "
-            "trainer.gradient_clip_val set: resuming would keep the optimiser's learning rate")
-
-
 def train(cfg: DictConfig) -> dict:
     """Meta-trains, validates and tests; writes config.yaml and results.json into the run dir."""
     started = time.time()
@@ -132,31 +76,13 @@ def train(cfg: DictConfig) -> dict:
             claim(output_dir, resuming, cfg.get("overwrite", False))
             check_writable(output_dir / "checkpoints")
         L.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule, model = build(cfg)
-        resolve_monitor(cfg, model)
+        datamodule, model = instantiate_run(cfg)
         run_state = {}
         if ckpt_path is not None:
             run_state = checked_resume(cfg, ckpt_path, model).get(RUN_STATE_KEY) or {}
             started -= run_state.get("wall_time_s", 0.0)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        trainer = make_trainer(cfg, resolved, datamodule.tasks.input_shape, started)
-        stack.callback(end_wandb_runs, trainer.loggers)  # also when the run fails
-        write_config(output_dir, resolved)
-        print_config_tree(cfg, output_dir / "config_tree.log")
-        if run_state.get("csv_rows") is not None:
-            for logger in trainer.loggers:
-                if isinstance(logger, CSVLogger):
-                    logger.keep_rows(run_state["csv_rows"], run_state.get("pending_row"))
-        log_config(trainer.loggers, resolved)
-        try:
-            trainer.fit(model, datamodule=datamodule,
-                        ckpt_path=None if ckpt_path is None else str(ckpt_path))
-        except NonFiniteError as error:
-            raise UserError(stop_message(error, cfg, trainer)) from None
-        except SIGTERMException:  # Lightning's graceful stop would exit with status 0
-            raise UserError(f"stopped by SIGTERM after {trainer.global_step} outer steps, before "
-                            f"the meta-test; resume with ckpt_path=last (in {output_dir})") from None
-        return meta_test(cfg, trainer, model, datamodule, started)
+        with fitting(cfg, model, datamodule, ckpt_path, run_state, started) as trainer:
+            return meta_test(cfg, trainer, model, datamodule, started)
 
 
 def meta_test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
@@ -167,9 +93,11 @@ def meta_test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
         test_ckpt = trainer.checkpoint_callback.best_model_path or None
     if test_ckpt is None:
         log.info("Testing the final weights")
-    trainer.test(model, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False)
+    else:
+        model.load_state_dict(load_checkpoint(test_ckpt)["state_dict"])
+    results, _ = meta_test_scores(trainer, model, datamodule)
 
-    record = results_record(cfg, model.test_results)
+    record = results_record(cfg, results)
     best_score = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score
     if best_score is not None:
         # the best meta-val score of the run: what hyperparameter searches optimise

@@ -1,0 +1,101 @@
+"""Scoring learners on few-shot episodes: `evaluate_few_shot` (one learner's mean score and 95%
+interval) and the comparisons, `compare_learners` (learners on the same episodes, paired tests)
+and `compare_checkpoints` (what compare.py runs). Episodes are scored by the evaluation protocol
+(metalearn/evaluation/protocol.py), as train.py's meta-test is."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metalearn.api.learner import MetaLearner, evaluating
+from metalearn.api.sampler import TaskSampler
+from metalearn.data.episodes import Task, TaskBatch
+from metalearn.errors import UserError, check_whole_number
+from metalearn.evaluation.protocol import score_episodes
+from metalearn.evaluation.statistics import mean_and_ci95, pairwise_comparisons
+from metalearn.run.compare import compare
+from metalearn.run.compose import compose_config
+
+
+def evaluate_few_shot(learner: MetaLearner,
+                      tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
+                      n_way: int = 5, k_shot: int = 1, n_episodes: int = 600) -> tuple[float, float]:
+    """Mean query accuracy over `n_episodes` episodes with its 95% confidence interval.
+
+    From a TaskSampler: its fixed episodes of `n_way` classes and `k_shot` shots (the same for
+    every learner given the same sampler settings). From tasks (a TaskBatch or a list):
+    the first `n_episodes`, which must have that shape. Regression: the mean squared error.
+    """
+    return mean_and_ci95(episode_scores(learner, tasks, n_way, k_shot, n_episodes))
+
+
+def episode_scores(learner: MetaLearner,
+                   tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
+                   n_way: int = 5, k_shot: int = 1, n_episodes: int = 600) -> Tensor:
+    """Each episode's query accuracy (regression: mean squared error), in episode order, on the
+    episodes `evaluate_few_shot` takes."""
+    check_whole_number("n_episodes", n_episodes)
+    if isinstance(tasks, TaskSampler):
+        learner.check_tasks_fit(tasks.tasks, n_way)
+        episodes: Iterable[TaskBatch] = tasks.fixed_episodes(n_episodes, n_way, k_shot)
+    else:
+        batch = learner.task_batch(tasks, "tasks")
+        if batch.batch_size < n_episodes:
+            raise UserError(f"tasks hold {batch.batch_size} episodes, fewer than "
+                            f"n_episodes={n_episodes}; pass a TaskSampler or fewer n_episodes")
+        if learner.module.task_type == "classification":
+            learner.check_tasks_fit(learner.tasks, n_way)
+            shape = (len(batch.support_y[0].unique()), batch.support_y.shape[1])
+            if shape != (n_way, n_way * k_shot):
+                raise UserError(f"tasks are {shape[0]}-way with {shape[1]} support examples; "
+                                f"n_way={n_way}, k_shot={k_shot} needs {n_way * k_shot}")
+        episodes = (TaskBatch(*(part[:n_episodes] for part in batch)),)
+    module = learner.module
+    with evaluating(module), torch.no_grad():
+        scores = [score_episodes(module, learner.task_batch(episode, "tasks"))
+                  for episode in episodes]
+    return torch.cat(scores).cpu()
+
+
+def compare_learners(learners: Sequence[MetaLearner],
+                     tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
+                     n_way: int = 5, k_shot: int = 1, n_episodes: int = 600,
+                     alpha: float = 0.05) -> dict[str, Any]:
+    """Several learners scored on the same episodes (as `evaluate_few_shot` takes them):
+    "learners", each learner's score and 95% interval by id (1, 2, ... in the given order), and
+    "pairs", each pair's paired difference, its interval, the paired t-test and Wilcoxon
+    p-values and their Holm correction over all pairs (metalearn.evaluation.statistics.pairwise_comparisons).
+    """
+    if len(learners) < 2:
+        raise UserError(f"compare_learners needs two or more learners; got {len(learners)}")
+    scores = [episode_scores(learner, tasks, n_way, k_shot, n_episodes) for learner in learners]
+    rows = []
+    for number, (learner, learner_scores) in enumerate(zip(learners, scores), 1):
+        mean, ci95 = mean_and_ci95(learner_scores)
+        rows.append({"id": number, "algorithm": learner.algorithm, "score": mean, "ci95": ci95})
+    pairs = [dict(pair, a=pair["a"] + 1, b=pair["b"] + 1)
+             for pair in pairwise_comparisons(scores, alpha)]
+    return {"episodes": len(scores[0]), "alpha": alpha, "learners": rows, "pairs": pairs}
+
+
+def compare_checkpoints(paths: Sequence[str | os.PathLike], overrides: Iterable[str] = (),
+                        output_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """`python compare.py ckpt_paths=[...] <overrides>`: every checkpoint on the same test
+    episodes, with the paired differences and tests; writes comparison.json and comparison.md
+    into output_dir (default: a new directory under outputs/compares/) and returns the
+    comparison."""
+    overrides = list(overrides)
+    cfg = compose_config(overrides, output_dir or ".", config_name="compare")
+    if output_dir is None:
+        cfg.paths.output_dir = str(Path(cfg.paths.log_dir) / "compares"
+                                   / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    cfg.ckpt_paths = ([str(path) for path in paths] if isinstance(paths, (list, tuple))
+                      else paths)
+    return compare(cfg, overrides)

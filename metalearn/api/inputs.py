@@ -1,0 +1,140 @@
+"""What a MetaLearner checks of the data a user hands it: inputs of the dataset's shape, labelled
+sets, batches of tasks, and task families that fit the learner. Each mistake is a UserError in one
+line naming the argument."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from metalearn.data.episodes import Task, TaskBatch
+from metalearn.data.task_family import TaskFamily
+from metalearn.errors import UserError
+from metalearn.paths import component_name
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from metalearn.algorithms.base import EpisodicModule
+
+# A support or query set: {"x": inputs, "y": targets} or (inputs, targets).
+LabelledSet = Mapping[str, Any] | Sequence[Any]
+
+
+class InputChecks:
+    """The checks of MetaLearner's inputs, against its `module`, `tasks` and `config`."""
+
+    module: EpisodicModule
+    tasks: TaskFamily
+    config: DictConfig
+    algorithm: str
+    device: torch.device
+
+    def inputs(self, x: Any, name: str, batch_dims: int = 1) -> Tensor:
+        """x as this learner's inputs: the dataset's input shape after `batch_dims` dimensions,
+        at least one example, finite values, on the learner's device."""
+        x = torch.as_tensor(x)
+        expected = tuple(self.tasks.input_shape)
+        if tuple(x.shape[batch_dims:]) != expected or x.dim() != len(expected) + batch_dims:
+            raise UserError(
+                f"{name} has shape {tuple(x.shape)}; this {self.algorithm} learner takes "
+                f"{'[tasks, examples' if batch_dims == 2 else '[examples'}, "
+                f"{', '.join(map(str, expected))}] ({component_name(self.config.dataset)} inputs)"
+            )
+        if x.numel() == 0:
+            raise UserError(f"{name} is empty: a task needs at least one example")
+        x = x.to(self.device, torch.get_default_dtype())
+        if not torch.isfinite(x).all():
+            raise UserError(f"{name} holds NaN or infinite values")
+        return x
+
+    def labelled_set(self, data: LabelledSet, name: str, support: bool = False,
+                     classes: int | None = None) -> tuple[Tensor, Tensor]:
+        """(x, y) from {"x": ..., "y": ...} or (x, y), checked against this learner: a support
+        set's labels name its classes, a query set's those of the support set it is scored
+        against (`classes`)."""
+        if isinstance(data, Mapping) and set(data) >= {"x", "y"}:
+            x, y = data["x"], data["y"]
+        elif isinstance(data, Sequence) and not isinstance(data, str) and len(data) == 2:
+            x, y = data
+        else:
+            raise UserError(f"{name} must be {{'x': inputs, 'y': targets}} or (inputs, targets); "
+                            f"got {type(data).__name__}")
+        x, y = self.inputs(x, f"{name} x"), torch.as_tensor(y).to(self.device)
+        if len(y) != len(x):
+            raise UserError(f"{name} has {len(x)} inputs but {len(y)} targets")
+        if self.module.task_type != "classification":
+            y = y.to(x.dtype)
+            if not torch.isfinite(y).all():
+                raise UserError(f"{name} targets hold NaN or infinite values")
+        elif support:
+            self.check_support_labels(y, name)
+        else:
+            self.check_query_labels(y, name, classes)
+        return x, y
+
+    def check_support_labels(self, y: Tensor, name: str) -> None:
+        """Classes 0..N-1, each with at least one example (N at most the learner's outputs)."""
+        self.check_query_labels(y, name, self.fixed_classes)
+        missing = sorted(set(range(int(y.max()) + 1)) - set(y.tolist()))
+        if missing:
+            raise UserError(f"{name} has no example of class {missing[0]}: labels must be "
+                            "0..N-1 with at least one support example of each class")
+
+    def check_query_labels(self, y: Tensor, name: str, classes: int | None) -> None:
+        """Integer labels, in 0..classes-1 when the number of classes is known."""
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1:
+            raise UserError(f"{name} labels must be a 1-D integer tensor of classes 0..N-1")
+        if y.min() < 0 or (classes is not None and y.max() >= classes):
+            raise UserError(f"{name} labels must lie in 0..{(classes or 1) - 1}; got "
+                            f"{int(y.min())}..{int(y.max())}")
+
+    @property
+    def fixed_classes(self) -> int | None:
+        """The number of classes of every task, for algorithms with one output per class."""
+        return None if self.module.supports_other_train_way else self.module.output_dim
+
+    def task_batch(self, tasks: TaskBatch | Task | Sequence[TaskBatch | Task],
+                   name: str) -> TaskBatch:
+        """A batch of tasks from a TaskBatch, one Task, or a list of either, checked against this
+        learner and on its device."""
+        if isinstance(tasks, Task):
+            tasks = TaskBatch.stack([tasks])
+        elif (isinstance(tasks, Sequence) and not isinstance(tasks, TaskBatch) and tasks
+              and all(isinstance(task, (Task, TaskBatch)) for task in tasks)):
+            tasks = TaskBatch.concat(self.task_batch(task, name) for task in tasks)
+        if not isinstance(tasks, TaskBatch):
+            raise UserError(f"{name} must be the TaskBatch of TaskSampler.sample, a Task, or a "
+                            f"list of them; got {type(tasks).__name__}")
+        support_x = self.inputs(tasks.support_x, f"{name} support_x", batch_dims=2)
+        query_x = self.inputs(tasks.query_x, f"{name} query_x", batch_dims=2)
+        if self.module.task_type == "classification":
+            for task in range(tasks.batch_size):
+                self.check_support_labels(tasks.support_y[task], f"{name} support_y")
+                self.check_query_labels(tasks.query_y[task], f"{name} query_y",
+                                        int(tasks.support_y[task].max()) + 1)
+        return TaskBatch(support_x, tasks.support_y.to(self.device), query_x,
+                         tasks.query_y.to(self.device))
+
+    def check_tasks_fit(self, tasks: TaskFamily, n_way: int) -> None:
+        if tuple(tasks.input_shape) != tuple(self.tasks.input_shape) or (
+                tasks.task_type != self.tasks.task_type):
+            raise UserError(
+                f"these tasks have {tasks.task_type} inputs of shape {tuple(tasks.input_shape)}; "
+                f"this learner was built for {component_name(self.config.dataset)} "
+                f"({self.tasks.task_type}, {tuple(self.tasks.input_shape)}): pass the sampler's "
+                "dataset to MetaLearner(dataset=...)"
+            )
+        if self.module.trains_on_examples and (
+                tasks.num_classes("train") != self.tasks.num_classes("train")):
+            raise UserError(f"this {self.algorithm} learner pre-trains a classifier over the "
+                            f"{self.tasks.num_classes('train')} meta-train classes of the dataset "
+                            f"it was built for; these tasks have {tasks.num_classes('train')}")
+        if (tasks.task_type == "classification" and not self.module.supports_other_train_way
+                and n_way != self.module.output_dim):
+            raise UserError(f"n_way={n_way}, but this {self.algorithm} learner has "
+                            f"{self.module.output_dim} outputs, one per class; build it with "
+                            f"n_way={n_way}")
