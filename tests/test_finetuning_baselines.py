@@ -26,7 +26,7 @@ from metalearn.data.episodes import ClassExamples, ExampleBatch, seeded_generato
 from metalearn.data.task_family import ClassificationTaskFamily
 from metalearn.errors import UserError
 from metalearn.evaluation.protocol import score_episodes
-from metalearn.run import training
+from metalearn.run import engine
 from metalearn.run.build import build
 from metalearn.run.training import train
 from tests.budgets import BUDGETS
@@ -243,9 +243,9 @@ def test_each_generation_learns_from_the_last_from_a_new_start(tmp_path, monkeyp
         trainer.callbacks.append(snapshots)
         return trainer
 
-    original_make_trainer = training.make_trainer
+    original_make_trainer = engine.make_trainer
     monkeypatch.setattr(RFS, "meta_train_loss", recorded)
-    monkeypatch.setattr(training, "make_trainer", make_trainer)
+    monkeypatch.setattr(engine, "make_trainer", make_trainer)
     record = train(make_config(["algorithm=rfs", "algorithm.distill_generations=1",
                                 "num_epochs=2", "+trainer.limit_train_batches=3",
                                 "algorithm.batch_size=16", *TINY], tmp_path))

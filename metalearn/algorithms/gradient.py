@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from metalearn.algorithms.base import EpisodicModule, Predictor
-from metalearn.models.backbones import learner_network
+from metalearn.errors import UserError
 
 
 class GradientModule(EpisodicModule):
@@ -47,8 +47,18 @@ class GradientModule(EpisodicModule):
         self.learner = self.build_learner(backbone, output_layer)
 
     def build_learner(self, backbone: nn.Module, output_layer: bool) -> nn.Module:
-        """The network adapted in the inner loop."""
-        return learner_network(backbone, self.output_dim, output_layer)
+        """The network adapted in the inner loop: the backbone and a linear output layer of one
+        unit per class (or regression target), or, with `output_layer=False`, the backbone alone
+        (a user's whole network), which must then have that many outputs."""
+        if output_layer:
+            return nn.Sequential(backbone, nn.Linear(backbone.out_features, self.output_dim))
+        if backbone.out_features != self.output_dim:
+            raise UserError(
+                f"with algorithm.output_layer=false the network itself is the learner and must "
+                f"output {self.output_dim} values per example (one per class, or the regression "
+                f"target); it outputs {backbone.out_features}. End it with a layer of "
+                f"{self.output_dim} units, or set output_layer=true to add one")
+        return backbone
 
     # What a gradient-based algorithm implements ----------------------------------------------
     @abstractmethod

@@ -131,19 +131,3 @@ class UserBackbone(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         features = self.model(x)
         return features.flatten(1) if self.flatten else features
-
-
-def learner_network(backbone: nn.Module, output_dim: int, output_layer: bool = True) -> nn.Module:
-    """The network a gradient-based algorithm adapts: the backbone and a linear output layer of
-    `output_dim` units, or, with `output_layer=False`, the backbone alone (a user's whole network),
-    which must then output `output_dim` values."""
-    if output_layer:
-        return nn.Sequential(backbone, nn.Linear(backbone.out_features, output_dim))
-    if backbone.out_features != output_dim:
-        raise UserError(
-            f"with algorithm.output_layer=false the network itself is the learner and must output "
-            f"{output_dim} values per example (one per class, or the regression target); it "
-            f"outputs {backbone.out_features}. End it with a layer of {output_dim} units, or set "
-            "output_layer=true to add one"
-        )
-    return backbone
