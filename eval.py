@@ -1,14 +1,10 @@
 """Evaluate a checkpoint on the meta-test split: python eval.py ckpt_path=PATH [eval.shots=[1,5]]"""
 
-import sys
-
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from metalearn.cli import run_cli
-from metalearn.run.allocator import tune_malloc
-from metalearn.run.compose import moved_key_overrides
+from metalearn.cli import run_cli, start_hydra_app
 from metalearn.run.evaluate import evaluate
 
 
@@ -18,6 +14,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    tune_malloc()  # before anything is built (metalearn/run/allocator.py says why)
-    sys.argv = moved_key_overrides(sys.argv)
+    start_hydra_app()
     main()

@@ -5,8 +5,6 @@
 """
 
 from metalearn.cli.flags import main
-from metalearn.run.allocator import tune_malloc
 
 if __name__ == "__main__":
-    tune_malloc()  # before anything is built (metalearn/run/allocator.py says why)
     main()

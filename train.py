@@ -1,13 +1,9 @@
 """Meta-train, validate and test one algorithm: python train.py algorithm=protonet episode.k_shot=1"""
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from metalearn.cli import run_cli
-from metalearn.run.allocator import tune_malloc
-from metalearn.run.compose import moved_key_overrides
+from metalearn.cli import run_cli, start_hydra_app
 from metalearn.run.training import train_job
 
 
@@ -19,6 +15,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    tune_malloc()  # before anything is built (metalearn/run/allocator.py says why)
-    sys.argv = moved_key_overrides(sys.argv)
+    start_hydra_app()
     main()

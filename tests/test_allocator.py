@@ -24,7 +24,7 @@ libc.mallinfo2.restype = MallInfo2
 tensor = torch.empty(16 * 2**20)
 print(libc.mallinfo2().hblkhd, settings)
 """
-ENTRY_POINT = "settings = tune_malloc()"  # what train.py, eval.py, ... do first
+ENTRY_POINT = "settings = tune_malloc()"  # what every entry point does first (run_cli)
 LARGE = 64 * 2**20
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")

@@ -1,4 +1,5 @@
-"""How the entry points (train.py, eval.py, meta_learning.py) run their job and report mistakes."""
+"""How the entry points (train.py, eval.py, compare.py, meta_learning.py) start, run their job and
+report mistakes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from typing import Any
 
 from metalearn.errors import UserError
 from metalearn.run.allocator import tune_malloc
+from metalearn.run.compose import moved_key_overrides
 from metalearn.run.run_dir import in_multirun, record_job_error
+
+
+def start_hydra_app() -> None:
+    """What a Hydra entry point does before Hydra reads its command line: moved keys renamed,
+    with a warning (metalearn/run/compose.py)."""
+    sys.argv = moved_key_overrides(sys.argv)
 
 
 def run_cli(function: Callable[..., Any], *args) -> Any:
@@ -17,8 +25,8 @@ def run_cli(function: Callable[..., Any], *args) -> Any:
     2; anything else is a bug and keeps its traceback. In a multirun, a job's mistake ends only
     that job: it is recorded for the sweep summary (which then ends the sweep with status 2), and
     the job returns None to the sweeper."""
-    # again here: a launcher's workers (joblib) run jobs in processes the entry point's call
-    # did not reach
+    # malloc tuned before the job builds anything (metalearn/run/allocator.py says why), here,
+    # where every entry point's job starts, also in a launcher's worker processes (joblib)
     logging.getLogger(__name__).debug(tune_malloc())
     try:
         return function(*args)

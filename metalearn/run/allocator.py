@@ -1,6 +1,7 @@
-"""glibc malloc settings that suit PyTorch on the CPU: `tune_malloc`, called by the entry points
-(train.py, eval.py, compare.py, meta_learning.py) before they build anything and by the Python API
-when it builds its first MetaLearner; `import metalearn` alone leaves malloc as it was.
+"""glibc malloc settings that suit PyTorch on the CPU: `tune_malloc`, called where every entry
+point's job starts (train.py, eval.py, compare.py, meta_learning.py: `metalearn.cli.run_cli`),
+before it builds anything, and by the Python API when it builds its first MetaLearner;
+`import metalearn` alone leaves malloc as it was.
 
 By default glibc serves every allocation above a threshold (at most 32 MiB) with its own mmap and
 unmaps it when freed, and gives freed heap memory back to the system. A training step allocates
