@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README_MAX_LINES = 230
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
@@ -61,3 +63,22 @@ def test_docs_site_builds_strictly(tmp_path):
     assert "metalearn.algorithms.base.EpisodicModule" in (
         site / "reference" / "algorithms" / "index.html").read_text()
     assert (site / "images" / "adaptation_speed.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_comparison_example_of_the_evaluation_page_runs_as_written(tmp_path, monkeypatch):
+    """docs/evaluation.md's "From Python" block, on two checkpoints it names a.ckpt and b.ckpt
+    (two ProtoNets untrained from different seeds: the example is about the calls), scores both
+    on the same episodes: a checkpoint compared with a different one gives one pair."""
+    from metalearn import MetaLearner
+    from tests.test_api import python_block
+
+    monkeypatch.chdir(tmp_path)
+    for name, seed in (("a", 1), ("b", 2)):
+        MetaLearner("protonet", seed=seed, output_dir=tmp_path / name).save(f"{name}.ckpt")
+    namespace: dict = {}
+    exec(python_block((ROOT / "docs" / "evaluation.md").read_text(), "From Python"), namespace)
+    comparison, pairs = namespace["comparison"], namespace["pairs"]
+    assert comparison["task"]["test_episodes"] == 200 and len(comparison["checkpoints"]) == 2
+    assert len(pairs) == 1 and (pairs[0]["a"], pairs[0]["b"]) == (1, 2)
+    assert (tmp_path / "outputs" / "compares" / "ab" / "comparison.json").is_file()
