@@ -17,12 +17,14 @@ import pytest
 import torch
 from torch import nn
 
-from metalearn import MetaLearner, TaskSampler, evaluate_few_shot
+from metalearn import MetaLearner, TaskSampler, compare_learners, evaluate_few_shot
+from metalearn.api.comparisons import episode_scores
 from metalearn.cli.flags import main as meta_learning_main
 from metalearn.errors import UserError
 from metalearn.run.build import build
 from metalearn.run.compose import apply_settings
 from tests.conftest import ROOT, make_config
+from tests.helpers import user_error
 
 LAKE = ["dataset.split=lake", "dataset.rotations=false"]
 SPEC = ROOT.parent / "shared" / "SPEC.md"
@@ -96,6 +98,28 @@ def test_sampler_stream_is_seeded_and_moves_on():
 
 
 # Adaptation ------------------------------------------------------------------------------------
+def test_evaluation_takes_the_shape_of_its_tasks_and_refuses_another():
+    """A sampler's (or a batch's) shape is the shape evaluated: a 20-way 5-shot sampler is not
+    scored 5-way 1-shot because of the function's defaults, and a different explicit shape is
+    refused, by evaluate_few_shot and compare_learners alike."""
+    learners = [MetaLearner("protonet", seed=seed, overrides=LAKE) for seed in (1, 2)]
+    sampler = TaskSampler(n_way=20, k_shot=5, query_size=5, split="test", overrides=LAKE)
+    scores = episode_scores(learners[0], sampler, n_episodes=2)
+    expected = [learners[0].evaluate(learners[0].adapt(episode.task(0).support),
+                                     episode.task(0).query)
+                for episode in sampler.fixed_episodes(2)]
+    assert scores.tolist() == pytest.approx(expected)
+    batch = sampler.sample(3)
+    assert episode_scores(learners[0], batch, n_episodes=3).shape == (3,)
+    for tasks, message in ((sampler, "n_way=5, but the sampler draws n_way=20"),
+                           (batch, "n_way=5, but the tasks are n_way=20")):
+        for evaluate in (lambda: evaluate_few_shot(learners[0], tasks, n_way=5, n_episodes=2),
+                         lambda: compare_learners(learners, tasks, n_way=5, n_episodes=2)):
+            assert message in user_error(evaluate)
+    assert "k_shot=1, but the sampler draws k_shot=5" in user_error(
+        lambda: evaluate_few_shot(learners[0], sampler, k_shot=1, n_episodes=2))
+
+
 def test_maml_adapt_takes_n_steps_of_sgd_on_the_support_set():
     torch.manual_seed(0)
     learner = MetaLearner("maml", model=conv_net(5), inner_lr=0.1, transductive_bn=False,
@@ -324,6 +348,9 @@ def test_api_bad_sets_and_steps_are_clear_errors():
          "support_set x has shape (5, 1, 20, 28); this protonet learner takes [examples, 1, 28, "
          "28]"),
         (lambda: learner.adapt(task.support, n_steps=3), "ProtoNet adapts in one pass"),
+        (lambda: learner.adapt(((task.support_x * 255).to(torch.uint8), task.support_y)),
+         "support_set x holds uint8 pixels (0-255); the learner takes the floats the dataset's "
+         "loader makes: x.float() / 255"),
         (lambda: learner.meta_train_step("tasks"), "tasks must be the TaskBatch of "
                                                    "TaskSampler.sample"),
         (lambda: evaluate_few_shot(learner, TaskSampler(overrides=LAKE).sample(2), n_episodes=5),

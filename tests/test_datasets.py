@@ -69,6 +69,36 @@ def test_train_val_test_folders_are_the_splits_and_images_keep_their_pixels(tmp_
     assert np.array_equal(data.splits["train"].examples[start + 3], written.transpose(2, 0, 1))
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_16_and_32_bit_images_are_scaled_by_their_range_not_clipped(tmp_path, channels):
+    """A 16-bit grey PNG (Pillow's I;16, as scanners and medical imaging write them) and 32-bit
+    integer and float TIFFs keep their contrast: values from the image's minimum to its maximum
+    become 0..255 (Pillow's own conversion clipped every value above 255 to white)."""
+    rng = np.random.default_rng(0)
+    pixels = {"deep": rng.integers(300, 4096, (12, 12)).astype(np.uint16),
+              "wide": rng.integers(-70_000, 90_000, (12, 12)).astype(np.int32),
+              "real": rng.uniform(-2.0, 3.0, (12, 12)).astype(np.float32)}
+    for split, names in (("train", ("deep", "wide", "real")), ("val", ("v1", "v2")),
+                         ("test", ("t1", "t2"))):
+        for name in names:
+            folder = tmp_path / "root" / split / name
+            folder.mkdir(parents=True)
+            values = pixels.get(name, pixels["deep"])
+            suffix = ".png" if values.dtype == np.uint16 else ".tif"
+            for index in range(3):
+                Image.fromarray(values).save(folder / f"{index}{suffix}")
+    data = ImageFolder(str(tmp_path / "root"), str(tmp_path / "data"), image_size=12,
+                       channels=channels)
+    train = data.splits["train"]
+    for index, name in enumerate(train.names):
+        values = pixels[name].astype(np.float64)
+        expected = np.rint((values - values.min()) * 255 / (values.max() - values.min()))
+        got = np.asarray(train.examples[int(train.offsets[index])])
+        assert got.shape == (channels, 12, 12)
+        assert np.array_equal(got[0], expected.astype(np.uint8)), name
+        assert got.max() == 255 and got.min() == 0
+
+
 def test_grey_images_and_sizes(tmp_path):
     root = folder_of_classes(tmp_path / "root", {f"c{i}": 5 for i in range(10)}, mode="L",
                              sizes_vary=True)

@@ -132,10 +132,11 @@ def test_the_api_builds_and_scores_it(importable, tmp_path):
     nearest = MetaLearner("nearest", overrides=overrides, output_dir=tmp_path / "nearest")
     protonet = MetaLearner("protonet", overrides=overrides, output_dir=tmp_path / "protonet")
     assert type(nearest.module).__name__ == "NearestNeighbour"
-    test = TaskSampler(split="test", overrides=LAKE)
+    one_shot, five_shot = (TaskSampler(split="test", k_shot=shots, overrides=LAKE)
+                           for shots in (1, 5))
     # the same seed gives both the same untrained backbone; with one shot a class's nearest
     # support example is its prototype, so they agree there, and only there
-    assert (evaluate_few_shot(nearest, test, k_shot=1, n_episodes=10)
-            == evaluate_few_shot(protonet, test, k_shot=1, n_episodes=10))
-    assert (evaluate_few_shot(nearest, test, k_shot=5, n_episodes=10)
-            != evaluate_few_shot(protonet, test, k_shot=5, n_episodes=10))
+    assert (evaluate_few_shot(nearest, one_shot, n_episodes=10)
+            == evaluate_few_shot(protonet, one_shot, n_episodes=10))
+    assert (evaluate_few_shot(nearest, five_shot, n_episodes=10)
+            != evaluate_few_shot(protonet, five_shot, n_episodes=10))

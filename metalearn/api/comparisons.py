@@ -26,36 +26,53 @@ from metalearn.run.compose import compose_config
 
 def evaluate_few_shot(learner: MetaLearner,
                       tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
-                      n_way: int = 5, k_shot: int = 1, n_episodes: int = 600) -> tuple[float, float]:
+                      n_way: int | None = None, k_shot: int | None = None,
+                      n_episodes: int = 600) -> tuple[float, float]:
     """Mean query accuracy over `n_episodes` episodes with its 95% confidence interval.
 
-    From a TaskSampler: its fixed episodes of `n_way` classes and `k_shot` shots (the same for
-    every learner given the same sampler settings). From tasks (a TaskBatch or a list):
-    the first `n_episodes`, which must have that shape. Regression: the mean squared error.
+    From a TaskSampler: its fixed episodes, of its shape (the same for every learner given the
+    same sampler settings). From tasks (a TaskBatch or a list): the first `n_episodes`. The
+    tasks' shape is the shape: `n_way` and `k_shot` may be given to check it, and a different
+    one is an error. Regression: the mean squared error.
     """
     return mean_and_ci95(episode_scores(learner, tasks, n_way, k_shot, n_episodes))
 
 
+def check_shape(given: dict[str, int | None], actual: dict[str, int], what: str) -> None:
+    """Each setting given (not None) must equal the tasks' own."""
+    for key, value in given.items():
+        if value is not None and value != actual[key]:
+            raise UserError(f"{key}={value}, but {what} {key}={actual[key]}: the tasks' shape is "
+                            f"the shape evaluated; leave {key} out or give tasks of that shape")
+
+
 def episode_scores(learner: MetaLearner,
                    tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
-                   n_way: int = 5, k_shot: int = 1, n_episodes: int = 600) -> Tensor:
+                   n_way: int | None = None, k_shot: int | None = None,
+                   n_episodes: int = 600) -> Tensor:
     """Each episode's query accuracy (regression: mean squared error), in episode order, on the
     episodes `evaluate_few_shot` takes."""
     check_whole_number("n_episodes", n_episodes)
+    given = {"n_way": n_way, "k_shot": k_shot}
     if isinstance(tasks, TaskSampler):
-        learner.check_tasks_fit(tasks.tasks, n_way)
-        episodes: Iterable[TaskBatch] = tasks.fixed_episodes(n_episodes, n_way, k_shot)
+        if tasks.tasks.task_type == "classification":
+            check_shape(given, {"n_way": tasks.n_way, "k_shot": tasks.k_shot},
+                        "the sampler draws")
+        learner.check_tasks_fit(tasks.tasks, tasks.n_way)
+        episodes: Iterable[TaskBatch] = tasks.fixed_episodes(n_episodes)
     else:
         batch = learner.task_batch(tasks, "tasks")
         if batch.batch_size < n_episodes:
             raise UserError(f"tasks hold {batch.batch_size} episodes, fewer than "
                             f"n_episodes={n_episodes}; pass a TaskSampler or fewer n_episodes")
         if learner.module.task_type == "classification":
-            learner.check_tasks_fit(learner.tasks, n_way)
-            shape = (len(batch.support_y[0].unique()), batch.support_y.shape[1])
-            if shape != (n_way, n_way * k_shot):
-                raise UserError(f"tasks are {shape[0]}-way with {shape[1]} support examples; "
-                                f"n_way={n_way}, k_shot={k_shot} needs {n_way * k_shot}")
+            ways = len(batch.support_y[0].unique())
+            shots, uneven = divmod(batch.support_y.shape[1], ways)
+            if uneven:
+                raise UserError(f"tasks have {batch.support_y.shape[1]} support examples of "
+                                f"{ways} classes: not the same number of shots per class")
+            check_shape(given, {"n_way": ways, "k_shot": shots}, "the tasks are")
+            learner.check_tasks_fit(learner.tasks, ways)
         episodes = (TaskBatch(*(part[:n_episodes] for part in batch)),)
     module = learner.module
     with evaluating(module), torch.no_grad():
@@ -66,8 +83,8 @@ def episode_scores(learner: MetaLearner,
 
 def compare_learners(learners: Sequence[MetaLearner],
                      tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
-                     n_way: int = 5, k_shot: int = 1, n_episodes: int = 600,
-                     alpha: float = 0.05) -> dict[str, Any]:
+                     n_way: int | None = None, k_shot: int | None = None,
+                     n_episodes: int = 600, alpha: float = 0.05) -> dict[str, Any]:
     """Several learners scored on the same episodes (as `evaluate_few_shot` takes them):
     "learners", each learner's score and 95% interval by id (1, 2, ... in the given order), and
     "pairs", each pair's paired difference, its interval, the paired t-test and Wilcoxon

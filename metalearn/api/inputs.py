@@ -35,7 +35,7 @@ class InputChecks:
 
     def inputs(self, x: Any, name: str, batch_dims: int = 1) -> Tensor:
         """x as this learner's inputs: the dataset's input shape after `batch_dims` dimensions,
-        at least one example, finite values, on the learner's device."""
+        at least one example, finite values (not uint8 pixels), on the learner's device."""
         x = torch.as_tensor(x)
         expected = tuple(self.tasks.input_shape)
         if tuple(x.shape[batch_dims:]) != expected or x.dim() != len(expected) + batch_dims:
@@ -46,6 +46,10 @@ class InputChecks:
             )
         if x.numel() == 0:
             raise UserError(f"{name} is empty: a task needs at least one example")
+        if x.dtype == torch.uint8:  # taken as floats 0-255, they score at chance without a word
+            raise UserError(f"{name} holds uint8 pixels (0-255); the learner takes the floats the "
+                            f"dataset's loader makes: x.float() / 255, then the dataset's "
+                            f"normalisation where it has one (dataset.normalize)")
         x = x.to(self.device, torch.get_default_dtype())
         if not torch.isfinite(x).all():
             raise UserError(f"{name} holds NaN or infinite values")

@@ -45,7 +45,8 @@ ImageSource = str | os.PathLike | bytes | np.ndarray
 SplitSources = Mapping[str, Sequence[ImageSource]]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm")
-CACHE_VERSION = 1
+#: 2: 16- and 32-bit images scaled by their range (version 1 clipped them to white)
+CACHE_VERSION = 2
 CHUNK = 256  # images per worker task
 
 
@@ -63,6 +64,18 @@ def files_fingerprint(files: Iterable[Path], root: Path) -> str:
     return digest.hexdigest()
 
 
+def eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit or 32-bit (integer or float) grey image scaled from its own range of values to
+    0-255 (Pillow's convert clips such values at 255, so a 16-bit scan became white); other
+    images as they are."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    low, high = values.min(), values.max()
+    scaled = (values - low) * (255 / (high - low)) if high > low else np.zeros_like(values)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8))
+
+
 def decode(source: ImageSource, image_size: int, channels: int) -> np.ndarray:
     """One image as uint8 [channels, image_size, image_size]: grey or RGB, resized (bilinear,
     antialiased) when its size differs."""
@@ -74,7 +87,7 @@ def decode(source: ImageSource, image_size: int, channels: int) -> np.ndarray:
             image = Image.fromarray(source)
         else:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        image = image.convert("L" if channels == 1 else "RGB")
+        image = eight_bit(image).convert("L" if channels == 1 else "RGB")
         if image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
         pixels = np.asarray(image, dtype=np.uint8)
