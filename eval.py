@@ -5,14 +5,18 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from metalearn.cli import run_cli, start_hydra_app
-from metalearn.run.evaluate import evaluate
+
+CONFIG = "eval"
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+@hydra.main(version_base="1.3", config_path="configs", config_name=CONFIG)
 def main(cfg: DictConfig) -> None:
+    # imported here, once the command line is checked: it loads torch and Lightning
+    from metalearn.run.evaluate import evaluate
+
     run_cli(evaluate, cfg, HydraConfig.get().overrides.task)
 
 
 if __name__ == "__main__":
-    start_hydra_app()
+    start_hydra_app(CONFIG)
     main()

@@ -113,7 +113,7 @@ def test_episodes_of_classes_of_different_sizes_hold_distinct_examples_of_one_cl
     folder_of_classes(root / "train", counts)
     folder_of_classes(root / "val", {"v0": 5, "v1": 5})
     folder_of_classes(root / "test", {"t0": 5, "t1": 5})
-    data = ImageFolder(str(root), str(tmp_path / "data"), image_size=12)
+    data = ImageFolder(str(root), str(tmp_path / "data"), image_size=12, augment=None)
     batch = data.sample("train", TaskShape(4, 2, 2), 200, seeded_generator(0))
     drawn = torch.zeros(12, 16, dtype=torch.long)
     for task in batch.tasks():
@@ -396,6 +396,7 @@ def test_test_time_augmentation_averages_over_views_of_each_episode(omniglot_mod
     plain = evaluate_on_folder(omniglot_model, tmp_path)
     # views that change nothing leave every prediction as it was
     unchanged = evaluate_on_folder(omniglot_model, tmp_path, "eval.tta=3",
+                                   "+dataset/augment=natural",
                                    "dataset.augment.crop_scale=null", "dataset.augment.flip=0",
                                    "dataset.augment.brightness=0", "dataset.augment.contrast=0",
                                    "dataset.augment.saturation=0")
@@ -406,6 +407,12 @@ def test_test_time_augmentation_averages_over_views_of_each_episode(omniglot_mod
     assert augmented["test_acc"] == again["test_acc"]  # the views are seeded
     with pytest.raises(UserError, match="eval.tta=3 averages over views made by the dataset's"):
         evaluate_on_folder(omniglot_model, tmp_path, "eval.tta=3", "dataset.augment=null")
+    # grey images: augment=auto chooses none, which only the built dataset knows
+    grey = tmp_path / "grey"
+    for split, names in (("train", "abc"), ("val", "dez"), ("test", "fgh")):
+        folder_of_classes(grey / split, {name: 4 for name in names}, mode="L")
+    with pytest.raises(UserError, match="eval.tta=3 averages .* chosen null for these images"):
+        evaluate_on_folder(omniglot_model, tmp_path, "eval.tta=3", f"dataset.root={grey}")
 
 
 def test_meta_training_episodes_are_augmented_and_test_episodes_are_not(tmp_path):
@@ -417,7 +424,7 @@ def test_meta_training_episodes_are_augmented_and_test_episodes_are_not(tmp_path
                        "backbone.num_blocks=2"], tmp_path)
     datamodule, _ = build(cfg)
     tasks = datamodule.tasks
-    plain = ImageFolder(str(root), str(tmp_path / "data"), image_size=12)
+    plain = ImageFolder(str(root), str(tmp_path / "data"), image_size=12, augment=None)
     shape = TaskShape(3, 1, 2)
     for split, changed in (("train", True), ("test", False)):
         a = tasks.sample(split, shape, 4, seeded_generator(0))

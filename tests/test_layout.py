@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import subprocess
+import sys
 
 from tests.conftest import ROOT
 
@@ -84,3 +86,12 @@ def test_nothing_below_the_faces_imports_the_api():
     importers = {module for module, imports in import_graph().items()
                  if any(m == "metalearn.api" or m.startswith("metalearn.api.") for m in imports)}
     assert {m for m in importers if floor(m) > 0} == set()
+
+
+def test_importing_the_package_loads_neither_torch_nor_lightning():
+    # every entry point imports the package before it checks the command line: a configuration
+    # mistake is reported before the heavy imports (about a second, not ten)
+    code = "import sys, metalearn; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          check=True)
+    assert done.stdout.strip() == "[]"

@@ -250,11 +250,14 @@ def test_many_loggers_and_the_run_report(tmp_path):
     assert "val/acc" in events.Tags()["scalars"]
     assert events.Tags()["images"] == ["plots/learning_curves"]
     (table,) = events.Tensors("results/text_summary")
-    assert f"| test_acc | {results['test_acc']} |" in table.tensor_proto.string_val[0].decode()
+    # results.md's row of the score: a rounded percentage and its interval
+    row = (f"| test_acc | {100 * results['test_acc']:.2f}% \u00b1 "
+           f"{100 * results['test_acc_ci95']:.2f}% |")
+    assert row in table.tensor_proto.string_val[0].decode()
     assert len(list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))) == 1
 
     assert (run_dir / "plots" / "learning_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert f"| test_acc | {results['test_acc']} |" in (run_dir / "results.md").read_text()
+    assert row in (run_dir / "results.md").read_text()
     tree = (run_dir / "config_tree.log").read_text()
     assert "_target_: metalearn.algorithms.protonet.ProtoNet" in tree
     groups = [line[4:] for line in tree.splitlines() if line[:4] in ("├── ", "└── ")]
@@ -269,7 +272,8 @@ class RecordBatchHashes(Callback):
         self.path = Path(path)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        digest = hashlib.sha1(b"".join(t.numpy().tobytes() for t in batch)).hexdigest()
+        parts = (t.numpy().tobytes() for t in batch if t is not None)  # classes may be None
+        digest = hashlib.sha1(b"".join(parts)).hexdigest()
         with self.path.open("a") as file:
             file.write(digest + "\n")
 

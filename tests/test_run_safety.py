@@ -344,11 +344,18 @@ def test_a_reused_sweep_directory_never_reports_an_earlier_sweeps_results(tmp_pa
     sweep = [*TINY, f"hydra.sweep.dir={tmp_path}"]
     first = run_script("train.py", "-m", "episode.k_shot=1,50", *sweep)
     assert first.returncode == 2  # 50 shots do not fit Omniglot's 20 drawings
-    second = run_script("train.py", "-m", "episode.k_shot=50,1", "seed=3", *sweep)
+    summary = (tmp_path / "summary.md").read_bytes()
+    # job 0 holds a finished run: another sweep into the directory is refused before any job
+    refused = run_script("train.py", "-m", "episode.k_shot=50,1", "seed=3", *sweep)
+    assert one_line_error(refused).startswith(f"error: sweep directory {tmp_path} holds 1 "
+                                              "finished job; resume the sweep with ckpt_path=last")
+    assert (tmp_path / "summary.md").read_bytes() == summary
+    # replacing it, job 0 is refused on its shots: its directory's earlier results are not its
+    second = run_script("train.py", "-m", "episode.k_shot=50,1", "seed=3", "overwrite=true", *sweep)
     assert second.returncode == 2
-    rows = (tmp_path / "summary.md").read_text()
-    assert "| ok |" not in rows  # job 1 holds the first sweep's run: refused, not "ok"
-    assert "already holds a run" in rows and "50 examples" not in rows.split("\n")[2]
+    rows = (tmp_path / "summary.md").read_text().splitlines()
+    assert "failed: episode.k_shot + episode.query_size = 50 + 15" in rows[2]
+    assert "| ok |" in rows[3] and "seed=3" in rows[3]
 
 
 # Bounding a run ----------------------------------------------------------------------------------

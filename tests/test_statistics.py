@@ -24,7 +24,7 @@ def test_ci95_on_known_numbers():
 
 def test_ci95_edge_cases():
     assert mean_and_ci95(torch.full((600,), 0.75)) == (0.75, 0.0)
-    assert mean_and_ci95(torch.tensor([0.3])) == (pytest.approx(0.3), 0.0)
+    assert mean_and_ci95(torch.tensor([0.3])) == (pytest.approx(0.3), None)  # no interval
     with pytest.raises(ValueError):
         mean_and_ci95(torch.tensor([]))
 

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import NonFiniteError, UserError
-from metalearn.evaluation.protocol import EpisodeScores, episode_scores
+from metalearn.evaluation.protocol import EpisodeScores, episode_scores, numbers_only
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -165,10 +165,20 @@ class EpisodicModule(L.LightningModule):
     def validation_step(self, batch: TaskBatch, batch_idx: int) -> None:
         self.val_scores.update(episode_scores(self, batch))
 
+    @property
+    def target_scale(self) -> float:
+        """The factor by which the data divided regression targets (1.0: none): the meta-val
+        MSE is reported in the targets' own units, as the meta-test MSE is."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        return getattr(getattr(datamodule, "tasks", None), "target_scale", 1.0)
+
     def on_validation_epoch_end(self) -> None:
-        results, _ = self.val_scores.summary("val", self.score_name, self.global_step)
+        # numbers only: one validation episode has no interval
+        results = numbers_only(self.val_scores.summary(
+            "val", self.score_name, self.global_step, self.target_scale ** 2)[0])
         own = {key: results[key] for key in
-               (f"val/{self.score_name}", f"val/{self.score_name}_ci95", "val/episodes")}
+               (f"val/{self.score_name}", f"val/{self.score_name}_ci95", "val/episodes")
+               if key in results}
         self.log_dict(own, prog_bar=True, sync_dist=False)
         self.log_dict({key: value for key, value in results.items() if key not in own},
                       sync_dist=False)

@@ -19,10 +19,12 @@ The outer update is written as one SGD step of rate epsilon on the surrogate los
 1/2 ||theta - mean_i W_i||^2 (the W_i constants), whose gradient is exactly theta - mean_i W_i.
 Lightning's ordinary loop then makes the Reptile step, with the trainer's gradient clipping (of
 the step), precision and schedules; manual optimisation would rule out the trainer's
-`gradient_clip_val`. So `train/loss` is that surrogate (half the squared distance the tasks pull
-theta), `train/task_loss` the tasks' own loss at the last inner step, and `train/acc` (`train/mse`)
-scores the queries at that step. `optimizer` defaults to SGD, which is Reptile; another one (Adam)
-treats theta - mean_i W_i as a gradient, a variant the paper mentions.
+`gradient_clip_val`. The loss a step returns has that surrogate's gradient but the value of the
+tasks' query loss after their inner steps, so that `train/loss` (and the Python API's
+`meta_train_step`) reads as every other algorithm's: how well the adapted learners predict the
+queries, scored by `train/acc` (`train/mse`) too. `train/task_loss` is the tasks' loss on all
+their examples at the last inner step. `optimizer` defaults to SGD, which is Reptile; another one
+(Adam) treats theta - mean_i W_i as a gradient, a variant the paper mentions.
 
 What we changed, and why:
 - each inner step takes the whole task (the paper's code takes minibatches, e.g. 5 of 10 for
@@ -181,7 +183,8 @@ class Reptile(GradientBackendModule):
         return super().predict_episodes(batch, steps)
 
     def meta_train_loss(self, batch: TaskBatch) -> tuple[Tensor, Tensor]:
-        """1/2 ||theta - mean_i W_i||^2 and the query predictions of each task's last inner step.
+        """The tasks' mean query loss after their inner steps, with the gradient of
+        1/2 ||theta - mean_i W_i||^2, and those query predictions.
 
         Also moves theta's BatchNorm running averages to the mean of the tasks' (buffers are
         not optimised, so they take the update here).
@@ -190,21 +193,26 @@ class Reptile(GradientBackendModule):
         y = torch.cat([batch.support_y, batch.query_y], 1)
         if self.backend == "per_task":
             tuned = [self.fine_tune(*task, self.inner_steps) for task in zip(x, y)]
-            target = mean_weights([named_weights(learner) for learner, _, _ in tuned])
+            adapted = [learner for learner, _, _ in tuned]
+            target = mean_weights([named_weights(learner) for learner in adapted])
             task_losses = torch.stack([loss for _, loss, _ in tuned])
-            outputs = torch.stack([output for _, _, output in tuned])
         else:
             adaptation = self.fine_tune_tasks(x, y, self.inner_steps)
+            adapted = adaptation.weights
             target = {**{name: w.detach().mean(0) for name, w in adaptation.weights.items()},
                       **mean_weights(self.buffers_after(adaptation))}
-            task_losses, outputs = adaptation.loss, adaptation.outputs
+            task_losses = adaptation.loss
         with torch.no_grad():
             for name, buffer in self.learner.named_buffers():
                 buffer.copy_(target[name])
+            # after the target is taken: predicting moves the per_task copies' running averages
+            predictions, _ = self.predict_tasks(adapted, batch.query_x)
         self.mean_task_loss = task_losses.mean()  # logged by training_step
+        query_loss = self.task_loss(predictions.flatten(0, 1), batch.query_y.flatten(0, 1))
         surrogate = sum(0.5 * (weight - target[name]).pow(2).sum()
                         for name, weight in self.learner.named_parameters())
-        return surrogate, outputs[:, batch.support_x.shape[1]:]
+        # the value a reader compares with other algorithms' losses; the gradient Reptile's
+        return query_loss + (surrogate - surrogate.detach()), predictions
 
     def training_step(self, batch: TaskBatch, batch_idx: int) -> Tensor:
         loss = super().training_step(batch, batch_idx)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metalearn.api.learner import MetaLearner, evaluating
+from metalearn.api.learner import MetaLearner, evaluating, quiet_lightning
 from metalearn.api.sampler import TaskSampler
 from metalearn.data.episodes import Task, TaskBatch
 from metalearn.errors import UserError, check_whole_number
@@ -27,21 +27,23 @@ from metalearn.run.compose import compose_config
 def evaluate_few_shot(learner: MetaLearner,
                       tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
                       n_way: int | None = None, k_shot: int | None = None,
-                      n_episodes: int = 600) -> tuple[float, float]:
+                      n_episodes: int = 600, n_steps: int | None = None) -> tuple[float, float]:
     """Mean query accuracy over `n_episodes` episodes with its 95% confidence interval.
 
     From a TaskSampler: its fixed episodes, of its shape (the same for every learner given the
     same sampler settings). From tasks (a TaskBatch or a list): the first `n_episodes`. The
     tasks' shape is the shape: `n_way` and `k_shot` may be given to check it, and a different
-    one is an error. Regression: the mean squared error.
+    one is an error. `n_steps`: inner steps, as `MetaLearner.adapt` takes them (default: the
+    learner's `test_inner_steps`; one-pass algorithms ignore it). Regression: the mean squared
+    error.
     """
-    return mean_and_ci95(episode_scores(learner, tasks, n_way, k_shot, n_episodes))
+    return mean_and_ci95(episode_scores(learner, tasks, n_way, k_shot, n_episodes, n_steps))
 
 
 def check_shape(given: dict[str, int | None], actual: dict[str, int], what: str) -> None:
-    """Each setting given (not None) must equal the tasks' own."""
+    """Each setting given (not None) must be a whole number equal to the tasks' own."""
     for key, value in given.items():
-        if value is not None and value != actual[key]:
+        if value is not None and check_whole_number(key, value) != actual[key]:
             raise UserError(f"{key}={value}, but {what} {key}={actual[key]}: the tasks' shape is "
                             f"the shape evaluated; leave {key} out or give tasks of that shape")
 
@@ -49,10 +51,11 @@ def check_shape(given: dict[str, int | None], actual: dict[str, int], what: str)
 def episode_scores(learner: MetaLearner,
                    tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
                    n_way: int | None = None, k_shot: int | None = None,
-                   n_episodes: int = 600) -> Tensor:
+                   n_episodes: int = 600, n_steps: int | None = None) -> Tensor:
     """Each episode's query accuracy (regression: mean squared error), in episode order, on the
-    episodes `evaluate_few_shot` takes."""
+    episodes `evaluate_few_shot` takes, adapted in `n_steps` inner steps."""
     check_whole_number("n_episodes", n_episodes)
+    steps = learner.steps_to_adapt(n_steps)
     given = {"n_way": n_way, "k_shot": k_shot}
     if isinstance(tasks, TaskSampler):
         if tasks.tasks.task_type == "classification":
@@ -73,10 +76,10 @@ def episode_scores(learner: MetaLearner,
                                 f"{ways} classes: not the same number of shots per class")
             check_shape(given, {"n_way": ways, "k_shot": shots}, "the tasks are")
             learner.check_tasks_fit(learner.tasks, ways)
-        episodes = (TaskBatch(*(part[:n_episodes] for part in batch)),)
+        episodes = (batch.select(slice(n_episodes)),)
     module = learner.module
     with evaluating(module), torch.no_grad():
-        scores = [score_episodes(module, learner.task_batch(episode, "tasks"))
+        scores = [score_episodes(module, learner.task_batch(episode, "tasks"), steps)
                   for episode in episodes]
     return torch.cat(scores).cpu()
 
@@ -84,15 +87,21 @@ def episode_scores(learner: MetaLearner,
 def compare_learners(learners: Sequence[MetaLearner],
                      tasks: TaskSampler | TaskBatch | Sequence[TaskBatch | Task],
                      n_way: int | None = None, k_shot: int | None = None,
-                     n_episodes: int = 600, alpha: float = 0.05) -> dict[str, Any]:
-    """Several learners scored on the same episodes (as `evaluate_few_shot` takes them):
+                     n_episodes: int = 600, alpha: float = 0.05,
+                     n_steps: int | None = None) -> dict[str, Any]:
+    """Several learners scored on the same episodes (as `evaluate_few_shot` takes them, each
+    adapted in `n_steps` inner steps where it adapts by steps):
     "learners", each learner's score and 95% interval by id (1, 2, ... in the given order), and
     "pairs", each pair's paired difference, its interval, the paired t-test and Wilcoxon
-    p-values and their Holm correction over all pairs (metalearn.evaluation.statistics.pairwise_comparisons).
+    p-values and their Holm correction over all pairs at significance level `alpha`
+    (metalearn.evaluation.statistics.pairwise_comparisons).
     """
     if len(learners) < 2:
         raise UserError(f"compare_learners needs two or more learners; got {len(learners)}")
-    scores = [episode_scores(learner, tasks, n_way, k_shot, n_episodes) for learner in learners]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise UserError(f"alpha={alpha!r} must be a number between 0 and 1")
+    scores = [episode_scores(learner, tasks, n_way, k_shot, n_episodes, n_steps)
+              for learner in learners]
     rows = []
     for number, (learner, learner_scores) in enumerate(zip(learners, scores), 1):
         mean, ci95 = mean_and_ci95(learner_scores)
@@ -115,4 +124,5 @@ def compare_checkpoints(paths: Sequence[str | os.PathLike], overrides: Iterable[
                                    / time.strftime("%Y-%m-%d_%H-%M-%S"))
     cfg.ckpt_paths = ([str(path) for path in paths] if isinstance(paths, (list, tuple))
                       else paths)
-    return compare(cfg, overrides)
+    with quiet_lightning():
+        return compare(cfg, overrides)

@@ -4,6 +4,7 @@ line naming the argument."""
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,15 @@ if TYPE_CHECKING:
 LabelledSet = Mapping[str, Any] | Sequence[Any]
 
 
+def tensor_of_numbers(value: Any, name: str, allowed: str) -> Tensor:
+    """value as a tensor; where torch cannot read it as numbers (strings, None, other objects),
+    the UserError "<name> <allowed>; got <value, shortened>"."""
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):  # what torch raises for strings and objects
+        raise UserError(f"{name} {allowed}; got {reprlib.repr(value)}") from None
+
+
 class InputChecks:
     """The checks of MetaLearner's inputs, against its `module`, `tasks` and `config`."""
 
@@ -36,7 +46,8 @@ class InputChecks:
     def inputs(self, x: Any, name: str, batch_dims: int = 1) -> Tensor:
         """x as this learner's inputs: the dataset's input shape after `batch_dims` dimensions,
         at least one example, finite values (not uint8 pixels), on the learner's device."""
-        x = torch.as_tensor(x)
+        x = tensor_of_numbers(x, name, "must be a tensor or array of numbers (a list of "
+                                       "tensors: torch.stack it)")
         expected = tuple(self.tasks.input_shape)
         if tuple(x.shape[batch_dims:]) != expected or x.dim() != len(expected) + batch_dims:
             raise UserError(
@@ -67,30 +78,43 @@ class InputChecks:
         else:
             raise UserError(f"{name} must be {{'x': inputs, 'y': targets}} or (inputs, targets); "
                             f"got {type(data).__name__}")
-        x, y = self.inputs(x, f"{name} x"), torch.as_tensor(y).to(self.device)
+        classification = self.module.task_type == "classification"
+        x = self.inputs(x, f"{name} x")
+        y = (tensor_of_numbers(y, f"{name} labels", "must be integer class indices 0..N-1 (map "
+                               "class names to indices first)") if classification
+             else tensor_of_numbers(y, f"{name} targets", "must be numbers")).to(self.device)
+        if y.dim() == 0:
+            raise UserError(f"{name} has {len(x)} inputs but a single target; give one per input")
         if len(y) != len(x):
             raise UserError(f"{name} has {len(x)} inputs but {len(y)} targets")
-        if self.module.task_type != "classification":
+        if not classification:
             y = y.to(x.dtype)
             if not torch.isfinite(y).all():
                 raise UserError(f"{name} targets hold NaN or infinite values")
-        elif support:
+            return x, y
+        if support:
             self.check_support_labels(y, name)
         else:
             self.check_query_labels(y, name, classes)
-        return x, y
+        return x, y.long()  # whatever integer type they came in, as the losses take them
 
     def check_support_labels(self, y: Tensor, name: str) -> None:
-        """Classes 0..N-1, each with at least one example (N at most the learner's outputs)."""
+        """Classes 0..N-1, each with at least one example, N at least 2 (and at most the
+        learner's outputs)."""
         self.check_query_labels(y, name, self.fixed_classes)
-        missing = sorted(set(range(int(y.max()) + 1)) - set(y.tolist()))
+        classes = int(y.max()) + 1
+        missing = sorted(set(range(classes)) - set(y.tolist()))
         if missing:
             raise UserError(f"{name} has no example of class {missing[0]}: labels must be "
                             "0..N-1 with at least one support example of each class")
+        if classes < 2:  # with one class every prediction is right
+            raise UserError(f"{name} has examples of 1 class: a task needs at least 2 classes, "
+                            "labelled 0..N-1")
 
     def check_query_labels(self, y: Tensor, name: str, classes: int | None) -> None:
         """Integer labels, in 0..classes-1 when the number of classes is known."""
-        if y.dtype.is_floating_point or y.dtype == torch.bool or y.dim() != 1:
+        if (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool
+                or y.dim() != 1):
             raise UserError(f"{name} labels must be a 1-D integer tensor of classes 0..N-1")
         if y.min() < 0 or (classes is not None and y.max() >= classes):
             raise UserError(f"{name} labels must lie in 0..{(classes or 1) - 1}; got "
@@ -120,8 +144,12 @@ class InputChecks:
                 self.check_support_labels(tasks.support_y[task], f"{name} support_y")
                 self.check_query_labels(tasks.query_y[task], f"{name} query_y",
                                         int(tasks.support_y[task].max()) + 1)
-        return TaskBatch(support_x, tasks.support_y.to(self.device), query_x,
-                         tasks.query_y.to(self.device))
+        # labels as the losses take them, whatever integer or float type they came in
+        targets = torch.long if self.module.task_type == "classification" else support_x.dtype
+        return tasks._replace(
+            support_x=support_x, support_y=tasks.support_y.to(self.device, targets),
+            query_x=query_x, query_y=tasks.query_y.to(self.device, targets),
+            classes=None if tasks.classes is None else tasks.classes.to(self.device))
 
     def check_tasks_fit(self, tasks: TaskFamily, n_way: int) -> None:
         if tuple(tasks.input_shape) != tuple(self.tasks.input_shape) or (

@@ -8,7 +8,9 @@ same Lightning module (metalearn/run/build.py), fits with the engine's `fitting`
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +40,12 @@ from metalearn.run.compose import (
     upgrade_stored_config,
 )
 from metalearn.run.config_check import check_episode_fits, validate
-from metalearn.run.engine import fitting
+from metalearn.run.engine import RANK_ZERO_LOGGERS, LightningNoise, fitting
+from metalearn.run.engine import quiet_lightning as engine_quiet_lightning
+
+#: what Lightning's trainers log that is none of an API user's business beyond the engine's
+#: LIGHTNING_NOISE: the devices it found (train.py's log keeps them)
+DEVICE_LINES = ("GPU available:", "HPU available:", "LOCAL_RANK:")
 
 
 class AdaptedModel:
@@ -123,6 +130,7 @@ class MetaLearner(InputChecks):
                                                        lr=self.module.outer_lr)
         self.steps_taken = 0
         self.fabric: L.Fabric | None = None  # set up by the first meta_train_step
+        self.said_steps_ignored = False  # that a one-pass algorithm ignores n_steps, said once
 
     @property
     def algorithm(self) -> str:
@@ -211,7 +219,8 @@ class MetaLearner(InputChecks):
             raise UserError(f"steps={steps} in epochs={cfg.num_epochs} is {per_epoch} steps an "
                             f"epoch, more than the {datamodule.steps_per_epoch} batches of a pass "
                             f"over the meta-train examples; use more epochs")
-        with fitting(cfg, self.module, datamodule, show_config=False) as trainer:
+        with quiet_lightning(), fitting(cfg, self.module, datamodule,
+                                        show_config=False) as trainer:
             pass
         self.config = cfg
         self.steps_taken += trainer.global_step
@@ -227,14 +236,29 @@ class MetaLearner(InputChecks):
         """Learns a task from its support set, as meta-testing does.
 
         `n_steps`: inner steps for gradient-based algorithms (default: `test_inner_steps`;
-        0 keeps the meta-learned initialisation); the others adapt in one pass.
+        0 keeps the meta-learned initialisation); the others adapt in one pass and ignore it
+        (with a warning, once), so that one loop serves every algorithm.
         """
         x, y = self.labelled_set(support_set, "support_set", support=True)
-        if n_steps is not None:
-            check_whole_number("n_steps", n_steps, minimum=0)
+        steps = self.steps_to_adapt(n_steps)
         classes = int(y.max()) + 1 if self.module.task_type == "classification" else None
         with evaluating(self.module), torch.no_grad():  # as Lightning tests
-            return AdaptedModel(self, self.module.adapt(x, y, n_steps), classes)
+            return AdaptedModel(self, self.module.adapt(x, y, steps), classes)
+
+    def steps_to_adapt(self, n_steps: int | None) -> int | None:
+        """The steps to adapt in, for the algorithm: `n_steps` (a whole number >= 0, or None for
+        its `test_inner_steps`) where it adapts by gradient steps, None where it adapts in one
+        pass, which a UserWarning says the first time."""
+        if n_steps is None:
+            return None
+        check_whole_number("n_steps", n_steps, minimum=0)
+        if self.module.adapts_by_steps:
+            return n_steps
+        if not self.said_steps_ignored:
+            self.said_steps_ignored = True
+            warnings.warn(f"{self.algorithm} adapts in one pass over the support set; it ignores "
+                          f"n_steps={n_steps}", UserWarning, stacklevel=3)
+        return None
 
     def evaluate(self, adapted: AdaptedModel, query_set: LabelledSet) -> float:
         """Accuracy of an adapted model on a query set (regression: mean squared error)."""
@@ -292,6 +316,22 @@ def evaluating(module: nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's device lines and its noise held back for the block; the progress bar, the
+    warnings about the user's settings and errors still show."""
+    engine_quiet_lightning()
+    loggers = [logging.getLogger(name) for name in RANK_ZERO_LOGGERS]
+    device_lines = LightningNoise(DEVICE_LINES)
+    for logger in loggers:
+        logger.addFilter(device_lines)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(device_lines)
 
 
 def qualified_name(model: nn.Module) -> str:

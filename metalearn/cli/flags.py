@@ -27,7 +27,6 @@ from metalearn.run.compose import (
     override_keys,
     setting_keys,
 )
-from metalearn.run.training import train
 
 # flag destination -> the config's setting name
 FLAG_SETTINGS = {
@@ -184,6 +183,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
                         handlers=[logging.StreamHandler(), logging.FileHandler(output_dir / "train.log")])
+    # imported here, once the flags are checked: it loads torch and Lightning
+    from metalearn.run.training import train
+
     return train(cfg)
 
 

@@ -16,6 +16,10 @@ from metalearn.errors import UserError
 
 log = logging.getLogger(__name__)
 
+#: meta-training tasks per epoch where episode.num_tasks is null, in whole meta-batches (rounded
+#: up without a word: the user chose neither number)
+DEFAULT_NUM_TASKS = 1000
+
 
 class TaskStream(Dataset):
     """Item i is a batch of `tasks_per_item` tasks drawn with seeded_generator(seed, split, i).
@@ -40,7 +44,7 @@ class TaskStream(Dataset):
         batch = self.tasks.sample(self.split, self.shape, self.tasks_per_item, generator)
         if self.world_size == 1:
             return batch
-        return TaskBatch(*(part[self.rank::self.world_size] for part in batch))
+        return batch.select(slice(self.rank, None, self.world_size))
 
 
 #: seeds the stream of pre-training batches apart from the task streams (SPLITS' indices)
@@ -164,7 +168,8 @@ class EpisodicDataModule(LightningDataModule):
             tested on (Snell et al. 2017, section 3.1).
         meta_batch_size: tasks per meta-training step.
         num_tasks: meta-training tasks per epoch (fresh ones each epoch), in whole meta-batches:
-            rounded up to a multiple of meta_batch_size, with a warning.
+            rounded up to a multiple of meta_batch_size, with a warning when training starts;
+            None: DEFAULT_NUM_TASKS, rounded up without one.
         val_episodes, test_episodes: episodes per validation / test run.
         eval_seed: seeds the meta-val and meta-test episodes. It is independent of the training
             seed, so runs of different algorithms and seeds are scored on the same episodes.
@@ -181,7 +186,7 @@ class EpisodicDataModule(LightningDataModule):
 
     def __init__(self, tasks: TaskFamily, n_way: int = 5, k_shot: int = 1, query_size: int = 15,
                  train_n_way: int | None = None, train_query_size: int | None = None,
-                 meta_batch_size: int = 1, num_tasks: int = 1000, val_episodes: int = 200,
+                 meta_batch_size: int = 1, num_tasks: int | None = None, val_episodes: int = 200,
                  test_episodes: int = 600, eval_seed: int = 0, seed: int = 0,
                  eval_batch_size: int = 8, num_workers: int = 0,
                  training_stream: TrainingStream | None = None):
@@ -204,11 +209,7 @@ class EpisodicDataModule(LightningDataModule):
                 f"episode.meta_batch_size={self.meta_batch_size} cannot be split evenly over "
                 f"{world_size} processes; use a multiple of {world_size}"
             )
-        steps = math.ceil(self.num_tasks / self.meta_batch_size)
-        if self.num_tasks % self.meta_batch_size:
-            log.warning("episode.num_tasks=%d is not a whole number of meta-batches of %d: an epoch "
-                        "is %d outer steps (%d tasks)", self.num_tasks, self.meta_batch_size,
-                        steps, steps * self.meta_batch_size)
+        steps = math.ceil((self.num_tasks or DEFAULT_NUM_TASKS) / self.meta_batch_size)
         shape = TaskShape(self.train_n_way, self.k_shot, self.train_query_size)
         return TaskStream(self.tasks, "train", shape, self.meta_batch_size, self.seed, steps,
                           rank, world_size)
@@ -231,9 +232,20 @@ class EpisodicDataModule(LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def train_dataloader(self) -> DataLoader:
-        stream = self.training_stream(self, *self.ranks())
+        rank, world_size = self.ranks()
+        stream = self.training_stream(self, rank, world_size)
+        if isinstance(stream, TaskStream) and rank == 0:
+            self.say_num_tasks_rounded(len(stream))
         return ResumableLoader(stream, self.train_items_done, batch_size=None,
                                sampler=EpochSampler(len(stream)), num_workers=self.num_workers)
+
+    def say_num_tasks_rounded(self, steps: int) -> None:
+        """One line, as training starts, where the episode.num_tasks the user set is not a whole
+        number of meta-batches."""
+        if self.num_tasks is not None and self.num_tasks % self.meta_batch_size:
+            log.warning("episode.num_tasks=%d is not a whole number of meta-batches of %d: an "
+                        "epoch is %d outer steps (%d tasks)", self.num_tasks,
+                        self.meta_batch_size, steps, steps * self.meta_batch_size)
 
     def train_items_done(self) -> int:
         trainer = self.trainer

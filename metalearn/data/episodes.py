@@ -44,20 +44,31 @@ class Task(NamedTuple):
 
 class TaskBatch(NamedTuple):
     """Tasks stacked along a first dimension: what a meta-training step or an evaluation step
-    takes. A NamedTuple, so Lightning moves it between devices as it is."""
+    takes. A NamedTuple, so Lightning moves it between devices as it is (None included).
+
+    `classes`, where the sampler knows them: which of the split's classes each task drew,
+    [B, N] (the class of label i at [:, i]), or for regression [B, 1] the task's group; None
+    where tasks come from a continuum (sinusoids) or from a user. The evaluation counts the
+    distinct classes behind its interval by it (metalearn/evaluation/protocol.py).
+    """
 
     support_x: Tensor
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
+    classes: Tensor | None = None
 
     @property
     def batch_size(self) -> int:
         """The number of tasks in the batch."""
         return self.support_x.shape[0]
 
+    def select(self, index: int | slice | Tensor) -> TaskBatch:
+        """The tasks at `index` (a slice or indices along the batch), classes with them."""
+        return TaskBatch(*(None if part is None else part[index] for part in self))
+
     def task(self, index: int) -> Task:
-        return Task(*(part[index] for part in self))
+        return Task(*(part[index] for part in self[:4]))
 
     def tasks(self) -> Iterator[Task]:
         """The batch's tasks, one by one."""
@@ -69,7 +80,12 @@ class TaskBatch(NamedTuple):
 
     @classmethod
     def concat(cls, batches: Iterable[TaskBatch]) -> TaskBatch:
-        return cls(*(torch.cat(parts) for parts in zip(*batches)))
+        """The batches one after the other; classes only where every batch knows them."""
+        batches = list(batches)
+        parts = [torch.cat(parts) for parts in zip(*(batch[:4] for batch in batches))]
+        classes = [batch.classes for batch in batches]
+        known = all(part is not None for part in classes)
+        return cls(*parts, torch.cat(classes) if known else None)
 
 
 class ExampleBatch(NamedTuple):
@@ -144,7 +160,7 @@ def sample_classification_episodes(data: ClassExamples, shape: TaskShape, batch_
     classes' offsets, so classes may hold different numbers of examples); a class's label is its
     position in a random permutation, so labels 0..N-1 are permuted per task, and support and
     query are shuffled so that order says nothing about the label. Images come back as floats in
-    [0, 1], features as they are.
+    [0, 1], features as they are; `classes` holds each task's classes, label i's at [:, i].
     """
     n_way, k_shot, query_size = shape
     per_class = k_shot + query_size
@@ -172,4 +188,4 @@ def sample_classification_episodes(data: ClassExamples, shape: TaskShape, batch_
 
     support_x, support_y = split(slice(0, k_shot), k_shot)
     query_x, query_y = split(slice(k_shot, per_class), query_size)
-    return TaskBatch(support_x, support_y, query_x, query_y)
+    return TaskBatch(support_x, support_y, query_x, query_y, classes)

@@ -12,6 +12,12 @@ The cache is a folder of train.npy, val.npy, test.npy, then index.json (the clas
 offsets, and the fingerprint), written last and whole. A cache without an index (an interrupted
 build), with another fingerprint (files added, removed or changed, other settings) or with
 arrays of another size is rebuilt.
+
+A dataset that chooses its settings from its images (the image folder's `auto` settings) asks
+first for a survey (`image_survey`): every image's width and height (read from its header) and
+whether every image is grey (from its mode, or for images that may hold colour from their
+pixels, until the first colour image). It is recorded beside the caches with the same kind of
+fingerprint, so a later run chooses the same without opening an image.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import io
 import json
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -45,14 +52,23 @@ ImageSource = str | os.PathLike | bytes | np.ndarray
 SplitSources = Mapping[str, Sequence[ImageSource]]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                     ".pgm")
-#: 2: 16- and 32-bit images scaled by their range (version 1 clipped them to white)
-CACHE_VERSION = 2
+#: 2: 16- and 32-bit images scaled by their range (version 1 clipped them to white);
+#: 3: fingerprints hold the files' change times too
+CACHE_VERSION = 3
 CHUNK = 256  # images per worker task
+#: what Pillow raises for a file it cannot read as an image
+UNREADABLE = (OSError, ValueError, Image.DecompressionBombError)
+#: Pillow modes that hold no colour, whose pixels need no look
+GREY_MODES = ("1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N")
+#: an image in a colour mode is grey when no pixel's channels differ by more than this many
+#: levels of 255: a grey scan saved by a colour scanner or through JPEG is rarely exact
+GREY_SPREAD = 8
 
 
 def files_fingerprint(files: Iterable[Path], root: Path) -> str:
-    """A digest of files' paths (relative to root), sizes and modification times: changes when a
-    file is added, removed or rewritten."""
+    """A digest of files' paths (relative to root), sizes, modification and change times: changes
+    when a file is added, removed or rewritten, also by one of the same size whose modification
+    time was set back (copied with its times kept), which changes its change time."""
     digest = hashlib.sha1()
     for path in sorted(files):
         try:
@@ -60,7 +76,8 @@ def files_fingerprint(files: Iterable[Path], root: Path) -> str:
         except OSError as error:
             raise UserError(f"cannot read {path} ({error.strerror}); it was listed a moment "
                             "ago") from None
-        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\0"
+                      f"{stat.st_ctime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -76,24 +93,64 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(scaled).astype(np.uint8))
 
 
+def open_image(source: ImageSource) -> Image.Image:
+    """The image of a source, opened (Pillow reads the pixels when they are asked for)."""
+    if isinstance(source, np.ndarray) and source.ndim == 1:  # encoded bytes in an array
+        source = source.tobytes()
+    if isinstance(source, np.ndarray):
+        return Image.fromarray(source)
+    return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def unreadable(source: ImageSource, error: Exception) -> UserError:
+    name = source if isinstance(source, (str, os.PathLike)) else "an image"
+    return UserError(f"cannot read {name}: {error}")
+
+
 def decode(source: ImageSource, image_size: int, channels: int) -> np.ndarray:
     """One image as uint8 [channels, image_size, image_size]: grey or RGB, resized (bilinear,
     antialiased) when its size differs."""
-    name = source if isinstance(source, (str, os.PathLike)) else "an image"
-    if isinstance(source, np.ndarray) and source.ndim == 1:  # encoded bytes in an array
-        source = source.tobytes()
     try:
-        if isinstance(source, np.ndarray):
-            image = Image.fromarray(source)
-        else:
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        image = eight_bit(image).convert("L" if channels == 1 else "RGB")
+        image = eight_bit(open_image(source)).convert("L" if channels == 1 else "RGB")
         if image.size != (image_size, image_size):
             image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
         pixels = np.asarray(image, dtype=np.uint8)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise UserError(f"cannot read {name}: {error}") from None
+    except UNREADABLE as error:
+        raise unreadable(source, error) from None
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
+
+
+class ImageFacts(NamedTuple):
+    """What a survey learns of one image: its size, and whether it is grey (None: not looked)."""
+
+    width: int
+    height: int
+    grey: bool | None
+
+
+def image_facts(source: ImageSource, look: bool) -> ImageFacts:
+    """The size of an image (from its header) and whether it is grey: from its mode, or for a
+    mode that may hold colour, from its pixels where `look` (every pixel's channels within
+    GREY_SPREAD levels of each other)."""
+    try:
+        image = open_image(source)
+        grey = image.mode in GREY_MODES or None
+        if grey is None and look:
+            pixels = np.asarray(image.convert("RGB"))
+            grey = bool((pixels.max(axis=2) - pixels.min(axis=2)).max() <= GREY_SPREAD)
+    except UNREADABLE as error:
+        raise unreadable(source, error) from None
+    return ImageFacts(*image.size, grey)
+
+
+def survey_chunk(sources: Sequence[ImageSource], look: bool) -> list[ImageFacts]:
+    """The facts of consecutive images (in a worker), looking at pixels until one is in
+    colour: after that, whether the others are grey changes nothing."""
+    facts = []
+    for source in sources:
+        facts.append(image_facts(source, look))
+        look = look and facts[-1].grey is not False
+    return facts
 
 
 def decode_chunk(array_path: str, start: int, sources: Sequence[ImageSource], image_size: int,
@@ -142,6 +199,63 @@ def build_split(path: Path, sources: SplitSources, image_size: int, channels: in
                 for start, part in chunks(flat, CHUNK):
                     progress.update(decode_chunk(str(partial), start, part, image_size, channels))
     return {"names": list(sources), "offsets": np.concatenate([[0], np.cumsum(counts)]).tolist()}
+
+
+class ImageSurvey(NamedTuple):
+    """What a dataset's images are, for choosing its settings: how many, the median of their
+    shorter sides in pixels, and the first image found in colour (None: every image is grey)."""
+
+    images: int
+    median_side: int
+    colour_image: str | None
+
+
+def survey_images(sources: Sequence[ImageSource], workers: int) -> ImageSurvey:
+    """Reads every image's size, and looks at pixels until an image is in colour, in parallel
+    over `workers` processes with at most 2 * workers chunks in flight (a chunk sent after a
+    colour image was found looks at no pixels)."""
+    facts: list[ImageFacts] = []
+    colour_seen = False
+    with tqdm(total=len(sources), desc=f"Surveying {len(sources):,} images", unit="img",
+              disable=None) as progress:
+        def learn(part: list[ImageFacts]) -> None:
+            nonlocal colour_seen
+            facts.extend(part)
+            colour_seen = colour_seen or any(fact.grey is False for fact in part)
+            progress.update(len(part))
+
+        if workers > 1 and len(sources) > CHUNK:
+            with ProcessPoolExecutor(workers) as pool:
+                pending: deque = deque()
+                for _, part in chunks(sources, CHUNK):
+                    if len(pending) >= 2 * workers:
+                        learn(pending.popleft().result())
+                    pending.append(pool.submit(survey_chunk, part, not colour_seen))
+                while pending:
+                    learn(pending.popleft().result())
+        else:
+            for _, part in chunks(sources, CHUNK):
+                learn(survey_chunk(part, not colour_seen))
+    colour = next((str(source) for source, fact in zip(sources, facts) if fact.grey is False),
+                  None)
+    sides = [min(fact.width, fact.height) for fact in facts]
+    return ImageSurvey(len(facts), int(np.median(sides)), colour)
+
+
+def image_survey(path: Path, fingerprint: str, sources: Callable[[], Sequence[ImageSource]],
+                 workers: int | None = None) -> ImageSurvey:
+    """The survey recorded at `path` (a JSON file) when it was made from the same images
+    (`fingerprint`), else a new survey of `sources()`, recorded there."""
+    try:
+        record = json.loads(path.read_text())
+        if record.get("version") == CACHE_VERSION and record.get("fingerprint") == fingerprint:
+            return ImageSurvey(**record["survey"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # none yet, or damaged: surveyed again
+    survey = survey_images(sources(), workers or os.cpu_count() or 1)
+    write_text(path, json.dumps({"version": CACHE_VERSION, "fingerprint": fingerprint,
+                                 "survey": survey._asdict()}))
+    return survey
 
 
 def open_cache(folder: Path, fingerprint: str, image_size: int,

@@ -79,6 +79,17 @@ class TaskFamily(ABC):
         """Draws `batch_size` tasks of `shape` from `split`, using only `generator` for
         randomness."""
 
+    @property
+    def target_scale(self) -> float:
+        """The factor by which the family divided regression targets; an MSE in original units
+        is the reported MSE times its square."""
+        return 1.0
+
+    def split_record(self) -> dict[str, list[str]] | None:
+        """The class (or group) names of each split, which a run records in its directory
+        (data_split.json); None where tasks are drawn from a distribution (the sinusoid)."""
+        return None
+
     def num_examples(self, split: str) -> int:
         """The labelled examples of `split`, for the algorithms that pre-train on examples rather
         than tasks: `labelled_examples` takes rows below this number."""
@@ -129,6 +140,9 @@ class ClassificationTaskFamily(TaskFamily):
 
     def num_classes(self, split: str) -> int:
         return self.splits[split].num_classes
+
+    def split_record(self) -> dict[str, list[str]]:
+        return {split: [str(name) for name in part.names] for split, part in self.splits.items()}
 
     def check_fits(self, episode: EpisodeSettings, name: str) -> None:
         ways = {split: ("n_way", episode.n_way) for split in SPLITS}
@@ -209,5 +223,5 @@ class ClassificationTaskFamily(TaskFamily):
 
     @staticmethod
     def map_images(batch: TaskBatch, function: Callable[[Tensor], Tensor]) -> TaskBatch:
-        return TaskBatch(function(batch.support_x), batch.support_y, function(batch.query_x),
-                         batch.query_y)
+        return batch._replace(support_x=function(batch.support_x),
+                              query_x=function(batch.query_x))

@@ -1,12 +1,14 @@
 """The run's learning curves (plots/learning_curves.png in its directory) and the metric history
 they are drawn from; eval.py's plots of the meta-test score against the number of inner steps
 (plots/adaptation_speed.png) and against the shot (plots/accuracy_by_shot.png), drawn from its
-results record."""
+results record. Each figure's title names the algorithm, the dataset and the task shape; a score
+without an interval (one episode) is drawn without its band."""
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from metalearn.evaluation.results import score_name
+from metalearn.evaluation.results import score_name, task_text
 from metalearn.files import atomic_write
 
 Row = dict[str, float]  # one logging event: "step" and the metrics logged then
@@ -67,12 +69,21 @@ def not_logged(axes) -> None:
     axes.text(0.5, 0.5, "not logged", ha="center", va="center", transform=axes.transAxes)
 
 
-def plot_learning_curves(rows: list[Row], path: Path) -> None:
-    """Training loss, and the meta-val score with its 95% confidence band, against the step."""
+def band(means: Sequence[float], ci95: Sequence[float | None]) -> tuple[list[float], list[float]]:
+    """The lower and upper edges of the 95% band; a gap (NaN) where a mean has no interval."""
+    half = [math.nan if c is None else c for c in ci95]
+    return [m - c for m, c in zip(means, half)], [m + c for m, c in zip(means, half)]
+
+
+def plot_learning_curves(rows: list[Row], path: Path, title: str = "") -> None:
+    """Training loss, and the meta-val score with its 95% confidence band, against the step,
+    under `title` (the algorithm, the dataset and the task shape)."""
     score = next((key for row in rows for key in row
                   if key.startswith("val/") and not key.endswith("_ci95")), "val/score")
     figure = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(figure)  # renders to PNG without pyplot or a display
+    if title:
+        figure.suptitle(title)
     loss_axes, score_axes = figure.subplots(1, 2)
     loss = series(rows, "train/loss")
     if loss:
@@ -80,12 +91,13 @@ def plot_learning_curves(rows: list[Row], path: Path) -> None:
     else:  # a run shorter than trainer.log_every_n_steps logs no training loss to metrics.csv
         not_logged(loss_axes)
     loss_axes.set(title="meta-training loss", xlabel="step", ylabel="train/loss")
-    scored = series(rows, score, f"{score}_ci95")
+    scored = series(rows, score)
     if scored:
-        steps, means, ci95 = zip(*scored)
+        steps, means = zip(*scored)
+        # one validation episode logs no interval
+        ci95 = [row.get(f"{score}_ci95") for row in rows if score in row]
         score_axes.plot(steps, means, marker="o", label=score)
-        score_axes.fill_between(steps, [m - c for m, c in zip(means, ci95)],
-                                [m + c for m, c in zip(means, ci95)], alpha=0.3, label="95% CI")
+        score_axes.fill_between(steps, *band(means, ci95), alpha=0.3, label="95% CI")
         score_axes.legend()
     else:
         not_logged(score_axes)
@@ -94,14 +106,15 @@ def plot_learning_curves(rows: list[Row], path: Path) -> None:
         figure.savefig(partial, dpi=100, format="png")
 
 
-def write_learning_curves(output_dir: Path, trainer: L.Trainer) -> Path:
-    """Writes plots/learning_curves.png into the run dir from what the run logged; returns it."""
+def write_learning_curves(output_dir: Path, trainer: L.Trainer, title: str = "") -> Path:
+    """Writes plots/learning_curves.png into the run dir from what the run logged, under `title`
+    (`metalearn.evaluation.results.title` of the run's record); returns it."""
     path = output_dir / "plots" / "learning_curves.png"
-    plot_learning_curves(logged_rows(trainer), path)
+    plot_learning_curves(logged_rows(trainer), path, title)
     return path
 
 
-Point = tuple[float, float, float]  # x, the mean score, the half-width of its 95% interval
+Point = tuple[float, float, float | None]  # x, the mean score, its 95% interval's half-width
 SCORE_LABELS = {"acc": "meta-test accuracy", "mse": "meta-test MSE"}
 
 
@@ -131,8 +144,7 @@ def plot_scores(lines: Mapping[str, list[Point]], path: Path, xlabel: str, score
     for label, points in lines.items():
         xs, means, ci95 = zip(*points)
         axes.plot(xs, means, marker="o", label=label)
-        axes.fill_between(xs, [m - c for m, c in zip(means, ci95)],
-                          [m + c for m, c in zip(means, ci95)], alpha=0.25)
+        axes.fill_between(xs, *band(means, ci95), alpha=0.25)
     axes.set(title=title, xlabel=xlabel, ylabel=f"{SCORE_LABELS[score]} (95% CI band)")
     axes.set_xticks(sorted({x for points in lines.values() for x, _, _ in points}))
     axes.legend()
@@ -144,8 +156,7 @@ def write_eval_plots(output_dir: Path, result: Mapping) -> list[Path]:
     """Writes plots/adaptation_speed.png (with eval.inner_steps) and plots/accuracy_by_shot.png
     (with two or more eval.shots) from eval.py's results record; returns the paths written."""
     score = score_name(result)
-    title = f"{result['algorithm']} on {result['dataset']}" + (
-        f" {result['n_way']}-way" if score == "acc" else "")
+    title = f"{result['algorithm']} on {task_text(result, shot=False)}"
     written = []
     by_steps = adaptation_speed_series(result)
     if by_steps:

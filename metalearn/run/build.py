@@ -2,16 +2,19 @@
 
 Every config group with a `_target_` is instantiated with its keys as constructor arguments, plus
 the ones listed in INJECTED_ARGUMENTS (metalearn/run/config_check.py), which the builder passes
-itself (from the data or from the other groups) and a config never sets.
+itself (from the data or from the other groups) and a config never sets. An algorithm's default
+that the data cannot give (ProtoNet's 20-way training tasks on a dataset of 8 meta-train
+classes) is fitted to the data, in one line, before the checks.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from metalearn.errors import UserError
 from metalearn.models.backbones import UserBackbone
@@ -31,6 +34,8 @@ if TYPE_CHECKING:  # building imports Lightning only through the classes it inst
     from metalearn.data.task_family import TaskFamily
 
 USER_BACKBONE = f"{UserBackbone.__module__}.{UserBackbone.__qualname__}"
+
+log = logging.getLogger(__name__)
 
 
 def find_user_error(error: BaseException | None) -> UserError | None:
@@ -89,6 +94,7 @@ def instantiate_run(cfg: DictConfig, model: nn.Module | None = None,
     if tasks is None:
         tasks = instantiate_checked(cfg.dataset)
     check_algorithm_fits(cfg, tasks)
+    fit_default_train_n_way(cfg, tasks)
     check_episode_fits(cfg, tasks)
     if model is not None and cfg.backbone._target_ != USER_BACKBONE:
         raise UserError(f"this config's backbone is {component_name(cfg.backbone)}, not a "
@@ -102,6 +108,27 @@ def instantiate_run(cfg: DictConfig, model: nn.Module | None = None,
     algorithm = instantiate_checked(cfg.algorithm, backbone=backbone, task_type=tasks.task_type,
                                     output_dim=output_dim, **data_args)
     return build_datamodule(cfg, tasks, algorithm), algorithm
+
+
+def fit_default_train_n_way(cfg: DictConfig, tasks: TaskFamily) -> None:
+    """Caps an algorithm's default meta-training ways at the meta-train classes of a dataset that
+    has fewer, saying so in one line. The default is the interpolation that
+    configs/algorithm_needs/ writes; a train_n_way the user set is a value, which
+    `check_episode_fits` checks as given."""
+    episode = cfg.episode
+    if (tasks.task_type != "classification" or "train_n_way" not in episode
+            or not OmegaConf.is_interpolation(episode, "train_n_way")):
+        return
+    classes = tasks.num_classes("train")
+    if episode.train_n_way <= classes:
+        return
+    if classes < episode.n_way:
+        episode.train_n_way = None  # n_way does not fit either: its own check says so
+        return
+    log.info("episode.train_n_way: %s's default of %d is more than the %d classes of the "
+             "meta-train split; meta-training on %d-way tasks", component_name(cfg.algorithm),
+             episode.train_n_way, classes, classes)
+    episode.train_n_way = classes
 
 
 def build_datamodule(cfg: DictConfig, tasks: TaskFamily,

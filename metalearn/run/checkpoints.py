@@ -84,6 +84,8 @@ class RunCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint, with three changes:
 
     - last.ckpt is also written at the step where a SIGTERM stops the run;
+    - a step's checkpoints are written after that step's validation, where it has one: Lightning
+      skips the validation of the step a checkpoint was written at when it resumes from it;
     - last.ckpt is refreshed at every checkpoint time. Lightning 2.6 refreshes it only when a
       top-k checkpoint is written, so a run whose meta-val score stopped improving kept a
       last.ckpt of its last improvement, and resuming it silently trained those epochs again;
@@ -97,6 +99,7 @@ class RunCheckpoint(ModelCheckpoint):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.last_saved_at: int | None = None  # the step of the last last.ckpt
+        self.deferred: tuple | None = None  # a step end waiting for its step's validation
 
     def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
         super()._save_topk_checkpoint(trainer, monitor_candidates)
@@ -104,6 +107,19 @@ class RunCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, monitor_candidates)
 
     def on_train_batch_end(self, trainer, *args, **kwargs) -> None:
+        loop = trainer.fit_loop.epoch_loop
+        if not trainer.sanity_checking and loop._should_check_val_fx(trainer.fit_loop._data_fetcher):
+            self.deferred = (args, kwargs)
+            return
+        self.save_at_step_end(trainer, *args, **kwargs)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self.deferred is not None:
+            (args, kwargs), self.deferred = self.deferred, None
+            self.save_at_step_end(trainer, *args, **kwargs)
+
+    def save_at_step_end(self, trainer, *args, **kwargs) -> None:
         super().on_train_batch_end(trainer, *args, **kwargs)
         # Lightning stops a run on SIGTERM (a scheduler's preemption, a kill) at the end of the
         # step without saving: keep the step in last.ckpt first. One process only: DDP's ranks

@@ -1,7 +1,9 @@
 """compare.py's job: several checkpoints tested on the same test episodes, each with its score,
 and every pair with its paired difference, the 95% interval of the per-episode differences, the
 paired t-test and the Wilcoxon signed-rank test, and whether the difference stays significant
-after Holm's correction over all pairs (metalearn/evaluation/statistics.py).
+after Holm's correction over all pairs (metalearn/evaluation/statistics.py). Each checkpoint's
+entry carries the warnings about its score (few test classes, collapsed predictions), logged as
+they are found.
 
 The checkpoints load as eval.py's do (metalearn/run/stored_runs.py) (their stored configs with the user's overrides); the test
 episodes are the compare config's (episode.test_episodes, episode.eval_seed), the same for all.
@@ -9,6 +11,7 @@ episodes are the compare config's (episode.test_episodes, episode.eval_seed), th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from metalearn.errors import UserError
 from metalearn.evaluation.results import (
     comparison_record,
     describe_comparison,
+    score_warnings,
     scores_record,
     write_comparison,
 )
@@ -25,7 +29,10 @@ from metalearn.evaluation.statistics import pairwise_comparisons
 from metalearn.paths import component_name
 from metalearn.run.config_check import validate
 from metalearn.run.engine import meta_test_scores, test_trainer
+from metalearn.run.run_dir import write_launch_record
 from metalearn.run.stored_runs import StoredRun, stored_run, tested_model
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_paths(cfg: DictConfig) -> list[str]:
@@ -73,6 +80,17 @@ def check_same_tasks(runs: list[StoredRun]) -> None:
                         "(episode.n_way=..., episode.k_shot=..., dataset=...)")
 
 
+def checkpoint_entry(number: int, run: StoredRun, scores: dict) -> dict:
+    """comparison.json's entry of one checkpoint: its id, algorithm, path, scores and the
+    warnings about them (each logged)."""
+    algorithm = component_name(run.cfg.algorithm)
+    warnings = score_warnings(scores)
+    for warning in warnings:
+        log.warning("checkpoint %d (%s): %s", number, algorithm, warning)
+    return {"id": number, "algorithm": algorithm, "checkpoint": str(Path(run.path).resolve()),
+            **scores, "warnings": warnings}
+
+
 def compare(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
     """Tests every checkpoint of cfg.ckpt_paths on the same test episodes; writes and returns
     the comparison (comparison.json, comparison.md in cfg.paths.output_dir)."""
@@ -84,6 +102,7 @@ def compare(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
     check_same_tasks(runs)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    write_launch_record(output_dir, cfg)  # after the checks: a refused command records nothing
 
     tasks, checkpoints, scores = None, [], []
     for number, run in enumerate(runs, 1):
@@ -93,9 +112,7 @@ def compare(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
         tasks = datamodule.tasks
         results, per_episode = meta_test_scores(test_trainer(run.cfg, output_dir), model,
                                                 datamodule)
-        checkpoints.append({"id": number, "algorithm": component_name(run.cfg.algorithm),
-                            "checkpoint": str(Path(run.path).resolve()),
-                            **scores_record(results)})
+        checkpoints.append(checkpoint_entry(number, run, scores_record(results)))
         scores.append(per_episode)
     pairs = [dict(pair, a=pair["a"] + 1, b=pair["b"] + 1)  # by id
              for pair in pairwise_comparisons(scores, alpha)]

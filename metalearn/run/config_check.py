@@ -1,6 +1,11 @@
-"""Checks of a composed config before anything is built or trained: every key a setting of its
-group's target (`validate`), types and ranges, and the fit of the algorithm and the episodes to
-the data.
+"""Checks of a composed config before anything is built or trained (`validate`): first its values
+(`check_config`: sizes, rates, finite numbers, the trainer's step limit; it imports nothing, so
+an entry point reports these before torch and Lightning load), then what the components' classes
+say (`check_components`: the algorithm takes the dataset's task type, the monitor's direction
+fits its score, every key is a setting of its group's target, the trainer's precision and
+devices fit this machine); once the data is loaded, the fit of the algorithm, its backbone and
+the episodes to it (`check_algorithm_fits`, `check_episode_fits`). `check_added_keys` refuses
+a key that a `+key=value` override adds where it is no setting.
 
 Each problem is reported as one line naming the key, the value and what is allowed
 (a UserError, which the entry points print without a traceback).
@@ -8,17 +13,26 @@ Each problem is reported as one line naming the key, the value and what is allow
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
-import torch
 from hydra.utils import get_class, get_object
 from omegaconf import DictConfig, OmegaConf
 
-from metalearn.data.task_family import EpisodeSettings, TaskFamily
-from metalearn.errors import UserError, check_positive_number, check_whole_number
+from metalearn.errors import (
+    UserError,
+    check_finite_number,
+    check_positive_number,
+    check_whole_number,
+    is_number,
+)
 from metalearn.paths import component_name
+
+if TYPE_CHECKING:  # the data's classes import torch, which the value checks do without
+    from metalearn.data.task_family import TaskFamily
 
 #: the constructor arguments the builder passes, by config group
 INJECTED_ARGUMENTS = {
@@ -39,12 +53,21 @@ POSITIVE_INTS = (
     "algorithm.read_heads", "algorithm.write_heads", "algorithm.controller_size",
     "algorithm.meta_hidden_size", "algorithm.batch_size", "algorithm.finetune_epochs",
     "algorithm.finetune_batch_size", "num_epochs", "eval_frequency", "save_frequency",
-    "dataset.image_size", "backbone.hidden_channels", "backbone.num_blocks",
+    "dataset.image_size", "backbone.hidden_channels", "backbone.num_blocks", "trainer.num_nodes",
 )
-# keys that must be numbers > 0 wherever they are set (null leaves gradient clipping off)
+#: of those, the keys that may also be "auto" (chosen from the data: the image folder's size)
+AUTO_INTS = ("dataset.image_size",)
+# keys that must be finite numbers > 0 wherever they are set (null leaves gradient clipping off)
 POSITIVE_FLOATS = ("algorithm.outer_lr", "algorithm.inner_lr", "algorithm.cosine_scale",
                    "algorithm.finetune_lr", "algorithm.scale", "algorithm.distill_temperature",
                    "algorithm.scheduler.gamma", "trainer.gradient_clip_val")
+#: which way a meta-val score is better, by the end of its name (val/acc, val/pair_acc, val/mse)
+BETTER = {"acc": "max", "mse": "min", "loss": "min"}
+#: the score an algorithm monitors unless told (EpisodicModule.score_name), by task type
+OWN_SCORES = {"classification": "acc", "regression": "mse"}
+#: precisions that compute in float16, which a CPU has no arithmetic for (Lightning runs
+#: 16-mixed there as bf16-mixed without a word, and 16-true at a crawl)
+FLOAT16_PRECISIONS = ("16", "16-mixed", "16-true", "transformer-engine-float16")
 
 
 def accepted_arguments(target: type | Callable) -> list[str]:
@@ -86,54 +109,201 @@ def check_known_keys(cfg: DictConfig) -> None:
                                 f"settings are: {', '.join(sorted(settings))}")
 
 
+def not_a_setting(cfg: DictConfig, key: str) -> UserError:
+    """The error for `key`, which the config does not hold (or holds only because a `+key`
+    added it): the nearest key beside it; or, beside a component's keys, whether it is a
+    setting of the component's constructor that the config leaves out (then: add it with +)."""
+    path, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, path) if path else cfg
+    if not isinstance(node, DictConfig):  # its parent is no node either: that is the mistake
+        return not_a_setting(cfg, path)
+    beside = {other: value for other, value in OmegaConf.to_container(node).items()
+              if other != name and not other.startswith("_")}
+    owner = f" of {node._target_}" if "_target_" in node else f" of {path}" if path else ""
+    candidates = list(beside)
+    if "_target_" in node and not difflib.get_close_matches(name, candidates, n=1):
+        candidates = settings_of(path, node)
+        if name in candidates and name not in node:
+            return UserError(f"{key} is a setting{owner} that the config leaves out: add it "
+                             f"with +{key}=VALUE")
+    match = difflib.get_close_matches(name, candidates, n=1)
+    if match:
+        return UserError(f"{key} is not a setting{owner}; did you mean "
+                         f"{f'{path}.' if path else ''}{match[0]}?")
+    # the settings beside it, not the groups (a key of the top level is no group)
+    listed = [other for other in candidates if not isinstance(beside.get(other), dict)]
+    return UserError(f"{key} is not a setting{owner}; its settings are: "
+                     f"{', '.join(sorted(listed or candidates))}")
+
+
+def check_added_keys(cfg: DictConfig, keys: Iterable[str]) -> None:
+    """Keys that `+key=value` overrides added must be settings: of the component whose node
+    they land in (`+trainer.limit_train_batches=2`, a Lightning Trainer argument), or a new
+    component's `_target_`; a top-level `+num_epoch=1` or `+eval.shotz=[1]` is refused with the
+    nearest key. The keys of a built group's own node are left to `check_known_keys`, on the
+    config that is built (for eval.py, the checkpoint's)."""
+    for key in keys:
+        path, _, name = key.rpartition(".")
+        if path in BUILT_GROUPS or key.startswith("hydra.") or name.startswith("_"):
+            continue
+        node = OmegaConf.select(cfg, path) if path else cfg
+        added = OmegaConf.select(cfg, key)
+        if isinstance(added, DictConfig) and "_target_" in added:
+            continue  # a component added whole: +callbacks.mine={_target_: ...}
+        if "_target_" in node and name in settings_of(path, node):
+            continue
+        raise not_a_setting(cfg, key)
+
+
 def validate(cfg: DictConfig) -> None:
-    """The checks that need no data: known keys, then types and ranges."""
-    check_known_keys(cfg)
+    """The checks that need no data: the values first, which import nothing, then what the
+    components' classes say."""
     check_config(cfg)
+    check_components(cfg)
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Type and range checks that need no data."""
+    """Type and range checks of the values, which import nothing."""
     for key in sorted(OmegaConf.missing_keys(cfg)):
         if key.split(".")[0] in ("dataset", "backbone", "episode", "algorithm", "trainer"):
             raise UserError(f"{key} has no default and must be set, e.g. "
                             f"python train.py {key}=...")
     for key in POSITIVE_INTS:
         value = OmegaConf.select(cfg, key, default=None)
-        if value is not None:
+        if value is not None and not (key in AUTO_INTS and value == "auto"):
             check_whole_number(key, value)
     for key in POSITIVE_FLOATS:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             check_positive_number(key, value)
+    check_finite_numbers(cfg)
     check_whole_number("seed", cfg.get("seed"), minimum=0)
-    check_devices(cfg)
+    check_max_steps(cfg)
     if cfg.get("test_ckpt") not in ("best", "last"):
         raise UserError(f"test_ckpt={cfg.get('test_ckpt')!r} must be one of: best, last")
+    if cfg.get("monitor_mode") not in (None, "max", "min"):
+        raise UserError(f"monitor_mode={cfg.monitor_mode!r} must be max or min (or null: the "
+                        "monitored score's own direction)")
+
+
+def numbers(value: Any, key: str) -> Iterator[tuple[str, Any]]:
+    """Every number of a config value with its key (`dataset.amplitude[1]`), through nested
+    nodes and lists."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            yield from numbers(item, f"{key}.{name}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from numbers(item, f"{key}[{index}]")
+    elif is_number(value):
+        yield key, value
+
+
+def check_finite_numbers(cfg: DictConfig) -> None:
+    """No number set for what is built (the algorithm with its optimiser and schedule, the
+    backbone, the dataset, the episodes) or for the trainer is NaN or infinite. Interpolations
+    are left as they are: the key they point to is checked where it is set."""
+    for group in (*BUILT_GROUPS, "trainer"):
+        node = cfg.get(group)
+        if isinstance(node, DictConfig):
+            for key, value in numbers(OmegaConf.to_container(node), group):
+                check_finite_number(key, value)
+
+
+def check_max_steps(cfg: DictConfig) -> None:
+    """trainer.max_steps: a whole number >= 1, or -1 for no limit (0 would train nothing)."""
+    max_steps = (cfg.get("trainer") or {}).get("max_steps")
+    if max_steps in (None, -1):
+        return
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise UserError(f"trainer.max_steps={max_steps!r} must be a whole number >= 1, or -1 "
+                        "(no limit: the epochs decide)")
+
+
+def check_components(cfg: DictConfig) -> None:
+    """What the components' classes say (each check imports its component's module): the
+    algorithm takes the dataset's task type (before any of the keys an algorithm sets on the
+    other groups is looked at), the monitor's direction, the settings, the devices."""
+    task_type = declared_task_type(cfg)
+    if task_type is not None:
+        check_task_type(cfg, task_type)
+    check_monitor_mode(cfg, task_type)
+    check_known_keys(cfg)
+    check_devices(cfg)
+
+
+def declared_task_type(cfg: DictConfig) -> str | None:
+    """The task type the dataset's class declares (Sinusoid: `task_type = "regression"`),
+    known before any data is loaded; None where the data decides (a table's features)."""
+    dataset = cfg.get("dataset")
+    if not dataset or "_target_" not in dataset:
+        return None
+    task_type = getattr(get_object(dataset._target_), "task_type", None)
+    return task_type if isinstance(task_type, str) else None
+
+
+def check_task_type(cfg: DictConfig, task_type: str) -> None:
+    algorithm = get_class(cfg.algorithm._target_)
+    if task_type not in algorithm.supported_task_types:
+        raise UserError(
+            f"algorithm={component_name(cfg.algorithm)} does not support {task_type} "
+            f"(dataset={component_name(cfg.dataset)}); it supports: "
+            f"{', '.join(algorithm.supported_task_types)}"
+        )
+
+
+def check_monitor_mode(cfg: DictConfig, task_type: str | None) -> None:
+    """monitor_mode, where set, must pick the better end of the monitored score: max for an
+    accuracy, min for an error or a loss (the monitor left null is the algorithm's own score,
+    by the task type)."""
+    mode = cfg.get("monitor_mode")
+    monitor = cfg.get("monitor") or (task_type and f"val/{OWN_SCORES[task_type]}")
+    if mode is None or not monitor:
+        return
+    better = BETTER.get(monitor.rsplit("/", 1)[-1].rsplit("_", 1)[-1])
+    if better is not None and mode != better:
+        raise UserError(f"monitor_mode={mode} would keep the checkpoint of the "
+                        f"{'lowest' if mode == 'min' else 'highest'} {monitor}, the worst; use "
+                        f"monitor_mode={better} (or leave it null)")
 
 
 def check_devices(cfg: DictConfig) -> None:
-    """A GPU run needs a GPU, and a CPU run cannot have more processes than the machine has cores
-    (checked before any process starts)."""
+    """A GPU run needs a GPU, a CPU run computes in a precision the CPU has arithmetic for, and
+    cannot have more processes than the machine has cores (checked before any process
+    starts)."""
+    import torch  # here, not above: the value checks run before torch loads
+
     trainer = cfg.get("trainer") or {}
     accelerator, devices = trainer.get("accelerator"), trainer.get("devices")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError(f"trainer.accelerator={accelerator}, but this machine has no GPU that "
                         "torch can use; use trainer=cpu (or trainer.accelerator=auto)")
     on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    precision = str(trainer.get("precision"))
+    if on_cpu and precision in FLOAT16_PRECISIONS:
+        raise UserError(f"trainer.precision={precision} computes in float16, which needs a GPU; "
+                        "on the CPU use bf16-mixed, 32-true or 64-true")
     if on_cpu and isinstance(devices, int) and devices > (os.cpu_count() or 1):
         raise UserError(f"trainer.devices={devices} is more than the {os.cpu_count()} CPU cores "
                         "of this machine")
 
 
+def takes_images(backbone: type) -> bool:
+    """Whether a backbone's constructor declares that it takes images only: `input_shape:
+    tuple[int, int, int]`, [C, H, W] (an MLP takes `tuple[int, ...]`, any shape)."""
+    parameter = inspect.signature(backbone).parameters.get("input_shape")
+    annotation = None if parameter is None else parameter.annotation
+    if isinstance(annotation, str):  # postponed (`from __future__ import annotations`): its text
+        return annotation.replace(" ", "") == "tuple[int,int,int]"
+    return annotation == tuple[int, int, int]
+
+
 def check_algorithm_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
+    """The algorithm and its backbone against the loaded data: its task type, examples to
+    pre-train on where the algorithm pre-trains, the training way, and inputs of the shape the
+    backbone takes."""
+    check_task_type(cfg, tasks.task_type)
     algorithm = get_class(cfg.algorithm._target_)
-    if tasks.task_type not in algorithm.supported_task_types:
-        raise UserError(
-            f"algorithm={component_name(cfg.algorithm)} does not support {tasks.task_type} "
-            f"(dataset={component_name(cfg.dataset)}); it supports: "
-            f"{', '.join(algorithm.supported_task_types)}"
-        )
     if algorithm.trains_on_examples:
         tasks.num_examples("train")  # a family without labelled examples refuses in one line
     train_n_way = cfg.episode.get("train_n_way")
@@ -142,9 +312,24 @@ def check_algorithm_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
             f"episode.train_n_way={train_n_way} differs from episode.n_way={cfg.episode.n_way}, but "
             f"{component_name(cfg.algorithm)} has one output per class; leave train_n_way null"
         )
+    check_backbone_fits(cfg, tasks)
+
+
+def check_backbone_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
+    """A backbone for images refuses data of another shape (vectors), in one line saying what
+    to use, before it is built."""
+    shape = tuple(tasks.input_shape)
+    backbone = get_class(cfg.backbone._target_)
+    if len(shape) != 3 and takes_images(backbone):
+        given = f"vectors of size {shape[0]}" if len(shape) == 1 else f"inputs of shape {shape}"
+        raise UserError(f"the backbone {backbone.__name__} takes images [C, H, W], and "
+                        f"dataset={component_name(cfg.dataset)} gives {given}; use "
+                        "backbone=mlp, which takes any shape")
 
 
 def check_episode_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
     """Task shape against what each split of the dataset holds (the family's own check)."""
+    from metalearn.data.task_family import EpisodeSettings  # with the data, which is loaded
+
     episode = EpisodeSettings(**{key: cfg.episode.get(key) for key in EpisodeSettings._fields})
     tasks.check_fits(episode, component_name(cfg.dataset))

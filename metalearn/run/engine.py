@@ -5,11 +5,16 @@ train.py (metalearn/run/training.py), the Python API's `MetaLearner.fit`, eval.p
 metalearn/run/build.py, fit with `fitting` and test with `meta_test_scores`, so a run's sequence
 (monitor, trainer, config files, loggers, the fit and its one-line stops, the test loop) is written
 once. The Python API's `meta_train_step` takes single steps outside Lightning's loop but builds
-with the same builder.
+with the same builder. Every trainer is made here: with the run's cadence (validation every
+`eval_frequency` outer steps where it is set and after the last step, a loss curve of several
+points for a short run: metalearn/run/progress.py), and without Lightning's lines that are not
+the user's business (`LIGHTNING_NOISE`).
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +34,38 @@ from metalearn.run.build import instantiate_all, instantiate_trainer
 from metalearn.run.checkpoints import AtomicCheckpointIO, RunState
 from metalearn.run.config_tree import write_config_tree
 from metalearn.run.loggers import CSVLogger, end_wandb_runs, log_config
+from metalearn.run.progress import LoggingCadence, ValidateAtEnd
+
+#: the starts of Lightning's lines that are not the user's business: adverts for its cloud
+#: products, and a TPU that the machine does not have (the GPU line says where the run went)
+LIGHTNING_NOISE = ("💡 Tip:", "TPU available: False")
+#: the loggers of Lightning's rank-zero lines and device lines, under both of its package names
+#: (learn2learn imports pytorch_lightning, whose rank-zero logger then speaks for both)
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                     "pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                     "lightning.pytorch.accelerators.cuda")
+
+
+class LightningNoise(logging.Filter):
+    """Drops the records that start with one of `starts` (LIGHTNING_NOISE)."""
+
+    def __init__(self, starts: tuple[str, ...] = LIGHTNING_NOISE):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+def quiet_lightning() -> None:
+    """Keeps LIGHTNING_NOISE out of the output, and the FutureWarning that torch raises against
+    Lightning 2.6's own use of its pytree (the user can do nothing about either)."""
+    for name in RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(known, LightningNoise) for known in logger.filters):
+            logger.addFilter(LightningNoise())
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            FutureWarning)
 
 
 def resolve_monitor(cfg: DictConfig, model: EpisodicModule) -> None:
@@ -49,11 +86,27 @@ def resolve_monitor(cfg: DictConfig, model: EpisodicModule) -> None:
 def make_trainer(cfg: DictConfig, resolved: dict, input_shape: Sequence[int],
                  started: float | None = None) -> L.Trainer:
     """The config's Lightning Trainer with its callbacks and loggers; checkpoints carry `resolved`,
-    the config that rebuilds the model, and the run's state. A setting Lightning refuses is a
-    UserError in one line."""
-    callbacks = instantiate_all(cfg.get("callbacks")) + [RunState(resolved, input_shape, started)]
+    the config that rebuilds the model, and the run's state. The run validates every
+    `eval_frequency` outer steps where it is set (`cadence_arguments`) and once more at its end
+    (`ValidateAtEnd`), and logs as densely as its length needs where trainer.log_every_n_steps
+    is null (`LoggingCadence`). A setting Lightning refuses is a UserError in one line."""
+    quiet_lightning()
+    callbacks = instantiate_all(cfg.get("callbacks")) + [RunState(resolved, input_shape, started),
+                                                         ValidateAtEnd()]
+    if cfg.trainer.get("log_every_n_steps") is None:
+        callbacks.append(LoggingCadence())
     return instantiate_trainer(cfg.trainer, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-                               logger=instantiate_all(cfg.get("logger")) or False)
+                               logger=instantiate_all(cfg.get("logger")) or False,
+                               **cadence_arguments(cfg.trainer))
+
+
+def cadence_arguments(trainer: DictConfig) -> dict:
+    """Trainer arguments that the cadence keys imply: a whole number of steps between
+    validations (`val_check_interval`, which is `eval_frequency`) counts outer steps across
+    epochs, not batches within each one."""
+    if isinstance(trainer.get("val_check_interval"), int):
+        return {"check_val_every_n_epoch": None}
+    return {}
 
 
 def stop_message(error: NonFiniteError, cfg: DictConfig, trainer: L.Trainer) -> str:
@@ -68,8 +121,13 @@ def stop_message(error: NonFiniteError, cfg: DictConfig, trainer: L.Trainer) -> 
         kept = "No checkpoint had a finite meta-val score"
     rates = [f"{key}={value}" for key, value in cfg.algorithm.items()
              if key in ("outer_lr", "inner_lr") and value is not None]
+    # targets in their own units (large ones) make a regression's loss and gradients as large
+    raw_targets = (trainer.lightning_module.task_type == "regression"
+                   and cfg.dataset.get("standardize_target") is False)
+    standardize = (", with dataset.standardize_target=true (the targets are in their own "
+                   "units)," if raw_targets else "")
     return (f"{error}. {kept}. Start a new run with smaller learning rates "
-            f"({', '.join(f'algorithm.{rate}' for rate in rates)}) or with "
+            f"({', '.join(f'algorithm.{rate}' for rate in rates)}){standardize} or with "
             "trainer.gradient_clip_val set: resuming would keep the optimiser's learning rate")
 
 
@@ -113,6 +171,7 @@ def fitting(cfg: DictConfig, model: EpisodicModule, datamodule: EpisodicDataModu
 def test_trainer(cfg: DictConfig, output_dir: Path) -> L.Trainer:
     """A trainer that only tests (eval.py, compare.py): the config's devices and precision, no
     loggers, callbacks or progress bar."""
+    quiet_lightning()
     return instantiate_trainer(cfg.trainer, logger=False, callbacks=[],
                                default_root_dir=str(output_dir), enable_progress_bar=False)
 
@@ -122,7 +181,9 @@ def meta_test_scores(trainer: L.Trainer, model: EpisodicModule, datamodule: Epis
                      augmentation: Augmentation | None = None) -> tuple[dict[str, float], Tensor]:
     """Tests the model on the data module's test episodes by the evaluation protocol (with
     `steps` inner steps and test-time `augmentation` where given): the summary (test/acc,
-    test/acc_ci95, test/episodes, the extra scores) and each episode's score, in episode order."""
-    meta_test = MetaTest(model, steps, augmentation)
+    test/acc_ci95, test/episodes, the extra scores) and each episode's score, in episode order;
+    an MSE in the targets' own units (a family that standardised them reports its scale)."""
+    meta_test = MetaTest(model, steps, augmentation,
+                         score_scale=datamodule.tasks.target_scale ** 2)
     trainer.test(meta_test, datamodule=datamodule, verbose=False)
     return meta_test.results, meta_test.per_episode

@@ -30,6 +30,7 @@ from metalearn.paths import component_name
 from metalearn.run.build import instantiate_checked
 from metalearn.run.config_check import check_episode_fits, validate
 from metalearn.run.engine import meta_test_scores, test_trainer
+from metalearn.run.run_dir import write_launch_record
 from metalearn.run.stored_runs import StoredRun, stored_run, tested_model
 
 
@@ -38,10 +39,14 @@ def test_time_views(cfg: DictConfig, run_cfg: DictConfig) -> int:
     are made by the dataset's augmentation (dataset.augment)."""
     views = check_whole_number("eval.tta", cfg.eval.get("tta", 1))
     if views > 1 and not run_cfg.dataset.get("augment"):
-        raise UserError(f"eval.tta={views} averages over views made by the dataset's "
-                        "augmentation, and dataset.augment is null; set one, e.g. "
-                        "+dataset/augment=natural")
+        raise no_augmentation(views)
     return views
+
+
+def no_augmentation(views: int) -> UserError:
+    return UserError(f"eval.tta={views} averages over views made by the dataset's augmentation, "
+                     "and dataset.augment is null (or chosen null for these images); set one, "
+                     "e.g. +dataset/augment=natural")
 
 
 def eval_shots(cfg: DictConfig) -> list[int]:
@@ -104,6 +109,8 @@ def evaluate_shot(run: StoredRun, shot_cfg: DictConfig, tasks: TaskFamily, steps
     test_inner_steps, and where asked the scores after each number of inner steps and the
     transfer gain, all on the same test episodes."""
     datamodule, model = tested_model(run, shot_cfg, tasks=tasks)
+    if views > 1 and getattr(datamodule.tasks, "augment", None) is None:  # augment=auto chose none
+        raise no_augmentation(views)
     augmentation = Augmentation(datamodule.tasks.augmented_view, views) if views > 1 else None
     trainer = test_trainer(shot_cfg, output_dir)
     # each count adapts afresh from the meta-learned weights
@@ -157,6 +164,7 @@ def evaluate(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
     views = test_time_views(cfg, run.cfg)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    write_launch_record(output_dir, cfg)  # after the checks: a refused command records nothing
 
     shot_cfgs = []
     for k_shot in shots or [run.cfg.episode.k_shot]:

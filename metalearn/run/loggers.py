@@ -1,13 +1,17 @@
 """The run's loggers beyond Lightning's defaults: a CSV logger that keeps a resumed run's history,
 Weights & Biases set up so that it never prompts for a login, the resolved config for every
-logger, and the results and plots at the end of a run."""
+logger, and the results and plots at the end of a run. Also the run's log file (train.log, from
+Hydra's job logging): Lightning's lines and the error a run ends on go into it too."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import netrc
 import os
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,10 +22,54 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from matplotlib.image import imread
 
+from metalearn.errors import UserError
 from metalearn.evaluation.results import results_table
 from metalearn.run.run_dir import in_multirun
 
 WANDB_HOST = "https://api.wandb.ai"
+#: the loggers that Lightning gives a console handler of their own when it is imported before
+#: logging is set up (as train.py imports it before Hydra sets up the job's logging)
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+log = logging.getLogger(__name__)
+
+
+def route_lightning_logs() -> None:
+    """Sends Lightning's log lines to the handlers logging is set up with (Hydra's console and
+    train.log) instead of the console handlers Lightning added for itself, which kept them
+    out of train.log. Nothing changes where logging has no handler yet (they would be lost)."""
+    if not logging.getLogger().hasHandlers():
+        return
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if type(handler) is logging.StreamHandler:  # Lightning's; not a file of the user's
+                logger.removeHandler(handler)
+        logger.propagate = True
+
+
+def log_to_files(level: int, message: str, exc_info: bool = False) -> None:
+    """Writes one log record to the log files alone (train.log): for what the entry point
+    prints on the console itself, which would otherwise show twice."""
+    record = log.makeRecord(log.name, level, __file__, 0, message, None,
+                            sys.exc_info() if exc_info else None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and level >= handler.level:
+            handler.handle(record)
+
+
+@contextmanager
+def errors_in_log_files() -> Iterator[None]:
+    """Puts the error that ends the block into the log files: a user's mistake as the one line
+    the entry point prints, anything else (a bug) with its traceback."""
+    try:
+        yield
+    except UserError as error:
+        log_to_files(logging.ERROR, f"error: {error}")
+        raise
+    except Exception:
+        log_to_files(logging.ERROR, "the run failed on an unexpected error:", exc_info=True)
+        raise
 
 
 class CSVLogger(lightning_loggers.CSVLogger):

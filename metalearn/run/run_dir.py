@@ -1,6 +1,12 @@
 """A run's directory belongs to one run: it is locked while the run lives, a directory that already
 holds a run is refused unless the command resumes it or says `overwrite=true`, and it must be
-writable before anything trains."""
+writable before anything trains.
+
+Its records say how the run was made, and only an accepted run writes them: Hydra writes no
+`.hydra/` at launch (configs/hydra/default.yaml); the run writes it (`write_launch_record`) and
+`data_split.json` (metalearn/run/training.py) once its checks have passed, so a refused command
+leaves an earlier run's records as they were.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from typing import IO
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
 from metalearn.errors import UserError
 from metalearn.files import write_text
@@ -20,9 +27,13 @@ from metalearn.files import write_text
 LOCK_FILE = ".lock"
 #: a multirun job's one-line error, for the sweep summary
 ERROR_FILE = "error.txt"
-#: what a run writes into its directory (Hydra's .hydra/ and train.log are the launch's own)
-RUN_FILES = ("config.yaml", "config_tree.log", "results.json", "results.md", "error.txt",
-             "checkpoints", "csv", "tensorboard", "wandb", "plots")
+#: Hydra's record of a launch: the composed config, Hydra's own config, the overrides
+LAUNCH_RECORD = ".hydra"
+#: the data a run was made from: the dataset, its files and the classes of each split
+DATA_RECORD = "data_split.json"
+#: what a run writes into its directory (train.log, which every launch appends to, is kept)
+RUN_FILES = ("config.yaml", "config_tree.log", "results.json", "results.md", ERROR_FILE,
+             LAUNCH_RECORD, DATA_RECORD, "checkpoints", "csv", "tensorboard", "wandb", "plots")
 
 
 def lock(run_dir: Path) -> IO:
@@ -47,20 +58,28 @@ def lock(run_dir: Path) -> IO:
 
 
 def holds_a_run(run_dir: Path) -> bool:
-    """Whether an earlier run wrote into this directory."""
-    return any((run_dir / name).exists() for name in RUN_FILES if name != "error.txt")
+    """Whether an earlier run left something of value here: a checkpoint or results. Records
+    and logs of a run refused or stopped before its first checkpoint do not count."""
+    return (run_dir / "results.json").is_file() or any((run_dir / "checkpoints").glob("*.ckpt"))
 
 
-def claim(run_dir: Path, resuming: bool, overwrite: bool) -> None:
-    """Refuses a directory that holds another run, unless this run resumes it (then its files
-    are kept) or `overwrite` (then they are removed first)."""
+def claim(run_dir: Path, resuming: bool, overwrite: bool) -> bool:
+    """Refuses a directory that holds another run, unless this run resumes it (its files are
+    kept) or `overwrite`; returns whether the earlier run's files are to be removed, which the
+    run does with `clear` once its own checks have passed."""
     if resuming or not holds_a_run(run_dir):
-        return
+        return False
     if not overwrite:
         raise UserError(f"run directory {run_dir} already holds a run; resume it with "
                         "ckpt_path=last, replace it with overwrite=true, or choose another "
                         "hydra.run.dir")
-    for name in RUN_FILES:
+    return True
+
+
+def clear(run_dir: Path, earlier_run: bool) -> None:
+    """Removes what an earlier launch left that would be taken for this run's: every file of the
+    earlier run (`earlier_run`, with overwrite=true), else only a refused launch's error."""
+    for name in RUN_FILES if earlier_run else (ERROR_FILE,):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -89,3 +108,16 @@ def in_multirun() -> bool:
 def record_job_error(message: str) -> None:
     """Writes a failed job's error into its directory, for the sweep summary."""
     write_text(Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE, message + "\n")
+
+
+def write_launch_record(run_dir: Path, task_cfg: DictConfig) -> None:
+    """Writes what Hydra would have written at launch into run_dir/.hydra/, each file whole: the
+    composed config (config.yaml), Hydra's (hydra.yaml) and the command line's overrides
+    (overrides.yaml). Nothing outside a Hydra app (the Python API, tests)."""
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.instance().cfg
+    folder = run_dir / LAUNCH_RECORD
+    write_text(folder / "config.yaml", OmegaConf.to_yaml(task_cfg))
+    write_text(folder / "hydra.yaml", OmegaConf.to_yaml(hydra_cfg))
+    write_text(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task))
