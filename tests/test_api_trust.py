@@ -258,7 +258,9 @@ def test_quiet_lightning_holds_back_device_lines_and_tips(lightning_messages):
     from metalearn.api.learner import quiet_lightning
 
     L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    assert len(chatter(lightning_messages)) >= 3  # what Lightning says
+    # what Lightning says: at least its device line (train.py's trainers, once made in this
+    # process, hold back its tips and TPU line for good)
+    assert any(m.startswith("GPU available:") for m in lightning_messages)
     lightning_messages.clear()
     with quiet_lightning():
         L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)

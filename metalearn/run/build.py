@@ -120,7 +120,7 @@ def fit_default_train_n_way(cfg: DictConfig, tasks: TaskFamily) -> None:
             or not OmegaConf.is_interpolation(episode, "train_n_way")):
         return
     classes = tasks.num_classes("train")
-    if episode.train_n_way <= classes:
+    if classes is None or episode.train_n_way <= classes:  # None: every task draws new classes
         return
     if classes < episode.n_way:
         episode.train_n_way = None  # n_way does not fit either: its own check says so
