@@ -10,12 +10,14 @@ export WANDB_MODE ?= offline
 install: $(STAMP)
 
 # torch first from its pinned build; learn2learn is built from source (see the script); then the
-# project with everything else. The stamp makes a second `make install` a no-op.
+# project with everything else, the text extra included. The stamp makes a second `make install` a no-op.
 $(STAMP): pyproject.toml scripts/install_learn2learn.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	bash scripts/install_learn2learn.sh $(PY)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,text]'
+	# wordllama holds the pretrained text encoder's weights; its own code (not used) needs numpy 2
+	$(PY) -m pip install -q --no-deps wordllama==0.4.0.post1
 	touch $(STAMP)
 
 train: install

@@ -109,3 +109,22 @@ class SigtermAtStep(Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def topic_table(path: Path, classes: int = 40, texts: int = 20, seed: int = 0) -> Path:
+    """A table of short texts (`text`, `label`) whose classes can be told apart by words that
+    other classes share: class c holds both words of (topic c % 8, attribute c // 8) among filler
+    words, so the words of meta-test classes are met in meta-training too."""
+    rng = np.random.default_rng(seed)
+    topics = ["river", "engine", "violin", "garden", "market", "winter", "planet", "kitchen"]
+    attributes = ["red", "quiet", "broken", "ancient", "tiny", "golden", "wild"]
+    filler = ["the", "a", "of", "and", "with", "near", "old", "new", "some", "this", "that",
+              "very", "still", "then", "here", "there", "just", "again", "so", "too"]
+    rows = []
+    for label in range(classes):
+        words = [topics[label % len(topics)], attributes[label // len(topics)]]
+        for _ in range(texts):
+            text = words + list(rng.choice(filler, size=int(rng.integers(2, 9))))
+            rows.append({"text": " ".join(rng.permutation(text)), "label": f"class_{label}"})
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path

@@ -60,9 +60,8 @@ def test_unknown_split(tmp_path):
      "backward_per_task, checkpoint_inner_steps, compile, first_order, "
      "inner_lr, inner_steps, optimizer, outer_lr, output_layer, scheduler, "
      "test_inner_steps, transductive_bn"),
-    # Relation Networks set Conv4's feature-map keys, which the MLP does not have
-    (["algorithm=relationnet", "backbone=mlp"], "backbone.flatten is not a setting of metalearn.models.backbones.MLP; "
-     "its settings are: hidden_sizes"),
+    (["backbone=mlp", "backbone.flatten=false"], "backbone.flatten is not a setting of "
+     "metalearn.models.backbones.MLP; its settings are: hidden_sizes"),
 ])
 def test_unknown_setting_lists_the_valid_ones(tmp_path, overrides, message):
     assert build_error(tmp_path, *overrides) == message

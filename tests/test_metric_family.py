@@ -15,7 +15,7 @@ from metalearn.algorithms.relationnet import RelationNet
 from metalearn.algorithms.siamese import SiameseNet, balanced_pairs
 from metalearn.data.episodes import TaskBatch
 from metalearn.errors import UserError
-from metalearn.models.backbones import Conv4
+from metalearn.models.backbones import MLP, Conv4
 from metalearn.run.build import build
 from metalearn.run.training import train
 from tests.budgets import BUDGETS, CIS_OF_ROOM
@@ -134,6 +134,26 @@ def test_relation_loss_is_the_squared_error_to_one_hot_targets():
     scores = torch.tensor([[0.9, 0.2], [0.4, 0.3]])
     expected = ((0.9 - 1) ** 2 + 0.2**2 + 0.4**2 + (0.3 - 1) ** 2) / 4
     assert model.task_loss(scores, torch.tensor([0, 1])).item() == pytest.approx(expected)
+
+
+def test_a_backbone_without_feature_maps_is_compared_by_vectors():
+    """An MLP (or a text encoder) has no maps: the relation module scores the concatenated
+    (class sum, query) vectors through its layers, by hand here."""
+    torch.manual_seed(0)
+    model = RelationNet(MLP((6,), hidden_sizes=(5,)), relation_channels=4, hidden_units=3).eval()
+    support_x, support_y = torch.randn(6, 6), torch.tensor([0, 1, 2, 0, 1, 2])
+    query_x = torch.randn(4, 6)
+    with torch.no_grad():
+        model.process_support_set(support_x, support_y)
+        scores = model(query_x)
+        support, query = model.backbone(support_x), model.backbone(query_x)
+        expected = torch.empty(4, 3)
+        for q in range(4):
+            for c in range(3):
+                pair = torch.cat([support[support_y == c].sum(0), query[q]])
+                expected[q, c] = model.relation.layers(pair.unsqueeze(0)).squeeze()
+    assert torch.allclose(scores, expected, atol=1e-6)
+    assert ((scores > 0) & (scores < 1)).all()
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -183,8 +183,19 @@ class EpisodicModule(L.LightningModule):
         self.log_dict({key: value for key, value in results.items() if key not in own},
                       sync_dist=False)
 
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The outer optimiser over the module's weights. A module with none (a frozen
+        pretrained encoder under an algorithm without weights of its own) is refused in one
+        line: there is nothing to meta-train."""
+        parameters = list(self.parameters())
+        if not parameters:
+            raise UserError(f"{type(self).__name__} with this backbone has no weights to "
+                            "meta-train (its encoder is frozen: backbone.freeze=true); set "
+                            "backbone.freeze=false to fine-tune it")
+        return self.optimizer_factory(parameters, lr=self.outer_lr)
+
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(self.parameters(), lr=self.outer_lr)
+        optimizer = self.make_optimizer()
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

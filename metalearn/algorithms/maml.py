@@ -51,7 +51,10 @@ def inner_loop(
 
 
 def float32(x: Tensor) -> Tensor:
-    """Inputs of the inner loop in float32 at least (float64 runs stay float64)."""
+    """Inputs of the inner loop in float32 at least (float64 runs stay float64); token ids stay
+    integers."""
+    if not x.is_floating_point():
+        return x
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -85,6 +88,12 @@ class MAML(GradientBackendModule):
         super().__init__(backbone, **gradient_args)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.hparams.backend = backend  # a subclass's arguments may hold its earlier name
+        if not allow_nograd and not all(p.requires_grad for p in self.learner.parameters()):
+            # learn2learn refuses to differentiate them; the batched backend would adapt them
+            raise UserError(f"{type(self).__name__}: the backbone has frozen weights (e.g. "
+                            "backbone.freeze=true), which the inner loop would adapt; set "
+                            "algorithm.allow_nograd=true to leave them as they are, or "
+                            "backbone.freeze=false")
         self.learner = self.wrap(self.learner)
         self.compiled_loss: Callable | None = None  # built on first use, when compile
 

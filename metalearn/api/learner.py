@@ -126,8 +126,7 @@ class MetaLearner(InputChecks):
         datamodule, self.module = instantiate_run(cfg, model)
         self.config: DictConfig = cfg
         self.tasks: TaskFamily = datamodule.tasks
-        self.optimizer = self.module.optimizer_factory(self.module.parameters(),
-                                                       lr=self.module.outer_lr)
+        self.optimizer = self.module.make_optimizer()
         self.steps_taken = 0
         self.fabric: L.Fabric | None = None  # set up by the first meta_train_step
         self.said_steps_ignored = False  # that a one-pass algorithm ignores n_steps, said once
@@ -269,7 +268,7 @@ class MetaLearner(InputChecks):
         """Writes a checkpoint that eval.py and `load` read; written whole or not at all."""
         return save_checkpoint(path, self.module, self.optimizer,
                                OmegaConf.to_container(self.config, resolve=True),
-                               self.tasks.input_shape, self.steps_taken)
+                               self.tasks.input_record(), self.steps_taken)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: nn.Module | None = None,

@@ -13,7 +13,7 @@ from metalearn.data.datamodule import TaskStream
 from metalearn.data.episodes import TaskBatch, TaskShape
 from metalearn.data.task_family import SPLITS, TaskFamily
 from metalearn.errors import UserError, check_whole_number
-from metalearn.run.build import instantiate_checked
+from metalearn.run.build import instantiate_dataset
 from metalearn.run.compose import apply_settings, checked_choice, compose_config
 from metalearn.run.config_check import check_config, check_episode_fits, check_known_keys
 
@@ -52,7 +52,7 @@ class TaskSampler:
         apply_settings(cfg, {"n_way": n_way, "k_shot": k_shot, "query_size": query_size,
                              "train_n_way": None, "train_query_size": None})
         check_task_settings(cfg)
-        self.tasks: TaskFamily = instantiate_checked(cfg.dataset)
+        self.tasks: TaskFamily = instantiate_dataset(cfg)
         check_episode_fits(cfg, self.tasks)
         self.config: DictConfig = cfg
         self.dataset, self.dataset_config = dataset, cfg.dataset

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -82,10 +83,19 @@ class TaskBatch(NamedTuple):
     def concat(cls, batches: Iterable[TaskBatch]) -> TaskBatch:
         """The batches one after the other; classes only where every batch knows them."""
         batches = list(batches)
-        parts = [torch.cat(parts) for parts in zip(*(batch[:4] for batch in batches))]
+        parts = [cat_padded(parts) for parts in zip(*(batch[:4] for batch in batches))]
         classes = [batch.classes for batch in batches]
         known = all(part is not None for part in classes)
         return cls(*parts, torch.cat(classes) if known else None)
+
+
+def cat_padded(tensors: Sequence[Tensor]) -> Tensor:
+    """torch.cat along the first dimension. Token ids of texts, which each sampled batch trims to
+    its longest text, are first right-padded with 0 (padding) to the longest of them."""
+    longest = max(tensor.shape[-1] for tensor in tensors)
+    if not tensors[0].is_floating_point() and any(t.shape[-1] != longest for t in tensors):
+        tensors = [F.pad(tensor, (0, longest - tensor.shape[-1])) for tensor in tensors]
+    return torch.cat(list(tensors))
 
 
 class ExampleBatch(NamedTuple):
@@ -111,7 +121,8 @@ def seeded_generator(*seeds: int) -> torch.Generator:
 class ClassExamples(NamedTuple):
     """One split's examples, class by class: class c's are examples[offsets[c]:offsets[c + 1]].
 
-    Examples are uint8 images [N, C, H, W] or float feature vectors [N, D], in a tensor or in a
+    Examples are uint8 images [N, C, H, W], float feature vectors [N, D] or integer token ids
+    [N, max_length] (0: padding; metalearn/data/text.py), in a tensor or in a
     memory-mapped numpy array (data larger than memory); classes may hold different numbers of
     examples. `names` names the classes, for messages.
     """
@@ -141,15 +152,18 @@ class ClassExamples(NamedTuple):
 
 
 def gather(examples: Tensor | np.ndarray, indices: Tensor) -> Tensor:
-    """examples[indices] as floats (uint8 images scaled to [0, 1]), from a tensor or a memory map:
-    [*indices.shape, *example shape]."""
+    """examples[indices], from a tensor or a memory map: [*indices.shape, *example shape]. uint8
+    images come back as floats scaled to [0, 1], token ids (other integers) as int64, features as
+    float32."""
     if isinstance(examples, np.ndarray):
         picked = torch.from_numpy(examples[indices.flatten().numpy()])
     else:
         picked = examples[indices.flatten()]
     picked = picked.view(*indices.shape, *picked.shape[1:])
     # one pass from uint8 to scaled floats (the same numbers as .float() / 255)
-    return torch.div(picked, 255.0) if picked.dtype == torch.uint8 else picked.float()
+    if picked.dtype == torch.uint8:
+        return torch.div(picked, 255.0)
+    return picked.long() if not picked.is_floating_point() else picked.float()
 
 
 def sample_classification_episodes(data: ClassExamples, shape: TaskShape, batch_size: int,

@@ -42,7 +42,8 @@ import csv
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -201,8 +202,8 @@ def read_layout(root: Path, split_file: str | None, fractions: Sequence[float],
                         f"(expected root/<class>/<image>, images ending in "
                         f"{', '.join(IMAGE_EXTENSIONS[:4])}, ...)")
     names = list(classes)
-    by_split = (read_split_file(Path(split_file), names, root) if split_file
-                else split_by_fractions(names, fractions, seed))
+    by_split = (read_split_file(Path(split_file), names, partial(not_a_class_folder, root))
+                if split_file else split_by_fractions(names, fractions, seed))
     return {split: {name: classes[name] for name in sorted(by_split[split])}
             for split in SPLITS}
 
@@ -253,8 +254,15 @@ def warn_of_shared_names(splits: SplitImages) -> None:
                     listed([f"{name}: {', '.join(where)}" for name, where in shared.items()]))
 
 
-def read_split_file(path: Path, classes: Sequence[str], root: Path) -> dict[str, list[str]]:
-    """`class,split` lines (a header line `class,split` is allowed) -> split -> classes."""
+def not_a_class_folder(root: Path, name: str) -> str:
+    why = "its folder holds no images" if (root / name).is_dir() else "there is no such folder"
+    return f"not a class folder of dataset.root ({why})"
+
+
+def read_split_file(path: Path, classes: Sequence[str], not_a_class: Callable[[str], str],
+                    kind: str = "class folders") -> dict[str, list[str]]:
+    """`class,split` lines (a header line `class,split` is allowed) -> split -> classes.
+    `not_a_class(name)` says why a name of the file is none of `classes`; `kind` names them."""
     if not path.is_file():
         raise UserError(f"dataset.split_file={str(path)!r}: no such file")
     known = set(classes)
@@ -270,10 +278,8 @@ def read_split_file(path: Path, classes: Sequence[str], root: Path) -> dict[str,
                                 f"{','.join(row)!r}")
             name, split = row[0].strip(), row[1].strip()
             if name not in known:
-                why = ("its folder holds no images" if (root / name).is_dir()
-                       else "there is no such folder")
                 raise UserError(f"dataset.split_file {path}, line {number}: class {name!r} is "
-                                f"not a class folder of dataset.root ({why})")
+                                f"{not_a_class(name)}")
             if name in seen and seen[name][0] != split:
                 raise UserError(f"dataset.split_file {path}: class {name!r} is in two splits "
                                 f"({seen[name][0]} on line {seen[name][1]}, {split} on line "
@@ -287,8 +293,8 @@ def read_split_file(path: Path, classes: Sequence[str], root: Path) -> dict[str,
                         f"of {', '.join(SPLITS)} needs classes")
     left_out = [name for name in classes if name not in seen]
     if left_out:
-        log.warning("dataset.split_file names no split for %d class folders, left out: %s",
-                    len(left_out), listed(left_out))
+        log.warning("dataset.split_file names no split for %d %s, left out: %s",
+                    len(left_out), kind, listed(left_out))
     return splits
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,6 +21,9 @@ from metalearn.data.episodes import (
     sample_classification_episodes,
 )
 from metalearn.errors import UserError
+
+if TYPE_CHECKING:
+    from metalearn.data.tokenizers import Tokenizer
 
 SPLITS = ("train", "val", "test")
 
@@ -84,6 +87,20 @@ class TaskFamily(ABC):
         """The factor by which the family divided regression targets; an MSE in original units
         is the reported MSE times its square."""
         return 1.0
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The tokenizer that made a text family's token ids (metalearn/data/tokenizers.py);
+        None for other data. Text encoders are built for it."""
+        return None
+
+    def input_record(self) -> dict:
+        """What a checkpoint keeps of the inputs its model was built for: their shape, and a
+        text family's tokenizer (evaluation on other texts encodes them with it)."""
+        record: dict = {"input_shape": list(self.input_shape)}
+        if self.tokenizer is not None:
+            record["tokenizer"] = self.tokenizer.state()
+        return record
 
     def split_record(self) -> dict[str, list[str]] | None:
         """The class (or group) names of each split, which a run records in its directory

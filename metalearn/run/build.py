@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # building imports Lightning only through the classes it inst
     from metalearn.algorithms.base import EpisodicModule
     from metalearn.data.datamodule import EpisodicDataModule
     from metalearn.data.task_family import TaskFamily
+    from metalearn.data.tokenizers import Tokenizer
 
 USER_BACKBONE = f"{UserBackbone.__module__}.{UserBackbone.__qualname__}"
 
@@ -83,16 +84,17 @@ def build(cfg: DictConfig, model: nn.Module | None = None,
 
 
 def instantiate_run(cfg: DictConfig, model: nn.Module | None = None,
-                    tasks: TaskFamily | None = None) -> tuple[EpisodicDataModule, EpisodicModule]:
+                    tasks: TaskFamily | None = None, tokenizer: Tokenizer | None = None,
+                    ) -> tuple[EpisodicDataModule, EpisodicModule]:
     """The data module and the algorithm that `cfg`, already checked by `validate`, describes,
     after checking them against the data (the jobs validate before they touch a run directory).
 
     `model`, a user's network, is the backbone of a config whose backbone is a UserBackbone.
     `tasks`: the task family when it is already at hand (a TaskSampler's); otherwise the config's
-    dataset, instantiated.
+    dataset, instantiated (`instantiate_dataset`, texts encoded by `tokenizer` where given).
     """
     if tasks is None:
-        tasks = instantiate_checked(cfg.dataset)
+        tasks = instantiate_dataset(cfg, tokenizer)
     check_algorithm_fits(cfg, tasks)
     fit_default_train_n_way(cfg, tasks)
     check_episode_fits(cfg, tasks)
@@ -100,6 +102,8 @@ def instantiate_run(cfg: DictConfig, model: nn.Module | None = None,
         raise UserError(f"this config's backbone is {component_name(cfg.backbone)}, not a "
                         "user-defined network; build it without model=")
     backbone_args = {"model": model} if model is not None else {}
+    if "tokenizer" in accepted_arguments(get_object(cfg.backbone._target_)):
+        backbone_args["tokenizer"] = tasks.tokenizer  # a text encoder's vocabulary
     backbone = instantiate_checked(cfg.backbone, input_shape=tasks.input_shape, **backbone_args)
     output_dim = cfg.episode.n_way if tasks.task_type == "classification" else tasks.output_dim
     data_args = {}
@@ -108,6 +112,21 @@ def instantiate_run(cfg: DictConfig, model: nn.Module | None = None,
     algorithm = instantiate_checked(cfg.algorithm, backbone=backbone, task_type=tasks.task_type,
                                     output_dim=output_dim, **data_args)
     return build_datamodule(cfg, tasks, algorithm), algorithm
+
+
+def instantiate_dataset(cfg: DictConfig, tokenizer: Tokenizer | None = None) -> TaskFamily:
+    """The config's task family. A dataset of texts is encoded by `tokenizer` where given (the
+    one a checkpoint was trained with), else by the backbone's own (a pretrained encoder's
+    `own_tokenizer`), else by the word vocabulary it builds from its meta-train texts."""
+    if "tokenizer" not in accepted_arguments(get_object(cfg.dataset._target_)):
+        return instantiate_checked(cfg.dataset)
+    if tokenizer is None:
+        own_tokenizer = getattr(get_object(cfg.backbone._target_), "own_tokenizer", None)
+        if own_tokenizer is not None:
+            settings = {key: value for key, value in OmegaConf.to_container(
+                cfg.backbone, resolve=True).items() if not key.startswith("_")}
+            tokenizer = own_tokenizer(settings)
+    return instantiate_checked(cfg.dataset, tokenizer=tokenizer)
 
 
 def fit_default_train_n_way(cfg: DictConfig, tasks: TaskFamily) -> None:

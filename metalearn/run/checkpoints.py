@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +42,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunState(Callback):
-    """Puts into every checkpoint the run's resolved config and its state: the shape of the
-    inputs the model was built for (evaluation on another dataset resizes to it), the rows of the
+    """Puts into every checkpoint the run's resolved config and its state: the inputs the model
+    was built for (`TaskFamily.input_record`: their shape, which evaluation on another dataset
+    resizes to, and a text family's tokenizer, which encodes the other texts), the rows of the
     CSV logger's metrics.csv written so far (flushed first), with the row of the step whose end
     saves the checkpoint, and the training wall time so far. `started` is when the run began,
     earlier than now when it resumes."""
 
-    def __init__(self, config: dict[str, Any], input_shape: Sequence[int],
+    def __init__(self, config: dict[str, Any], input_record: dict[str, Any],
                  started: float | None = None):
-        self.config, self.input_shape = config, list(input_shape)
+        self.config, self.input_record = config, input_record
         self.started = time.time() if started is None else started
         self.pending_row: dict[str, float] | None = None
 
@@ -73,7 +73,7 @@ class RunState(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.config
-        checkpoint[RUN_STATE_KEY] = {"input_shape": self.input_shape}
+        checkpoint[RUN_STATE_KEY] = dict(self.input_record)
         if trainer is not None:
             checkpoint[RUN_STATE_KEY].update(csv_rows=flush_csv(trainer.loggers),
                                              pending_row=self.pending_row,
@@ -164,7 +164,8 @@ class RunCheckpoint(ModelCheckpoint):
 
 
 def save_checkpoint(path: str | Path, module: L.LightningModule, optimizer: torch.optim.Optimizer,
-                    config: dict[str, Any], input_shape: Sequence[int], global_step: int) -> Path:
+                    config: dict[str, Any], input_record: dict[str, Any],
+                    global_step: int) -> Path:
     """A checkpoint of a module trained outside a Trainer (the Python API), as train.py's hold it:
     weights, optimiser state, step, and the config (added by the same callback)."""
     checkpoint = {
@@ -174,7 +175,7 @@ def save_checkpoint(path: str | Path, module: L.LightningModule, optimizer: torc
         "pytorch-lightning_version": L.__version__,
     }
     module.on_save_checkpoint(checkpoint)
-    RunState(config, input_shape).on_save_checkpoint(None, module, checkpoint)
+    RunState(config, input_record).on_save_checkpoint(None, module, checkpoint)
     AtomicCheckpointIO().save_checkpoint(checkpoint, path)
     return Path(path)
 

@@ -106,8 +106,11 @@ def compare(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
 
     tasks, checkpoints, scores = None, [], []
     for number, run in enumerate(runs, 1):
-        # the first checkpoint's task family serves all: the same classes and images
+        # the first checkpoint's task family serves all (the same classes and images), unless a
+        # text model was trained with another tokenizer: the same texts, encoded its way
         validate(run.cfg)
+        if tasks is not None and tasks.input_record().get("tokenizer") != run.tokenizer_state:
+            tasks = None
         datamodule, model = tested_model(run, run.cfg, tasks=tasks)
         tasks = datamodule.tasks
         results, per_episode = meta_test_scores(test_trainer(run.cfg, output_dir), model,

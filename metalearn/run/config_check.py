@@ -36,10 +36,14 @@ if TYPE_CHECKING:  # the data's classes import torch, which the value checks do 
 
 #: the constructor arguments the builder passes, by config group
 INJECTED_ARGUMENTS = {
-    "backbone": ("input_shape",),
+    "dataset": ("tokenizer",),
+    "backbone": ("input_shape", "tokenizer"),
     "episode": ("tasks", "training_stream"),
     "algorithm": ("backbone", "task_type", "output_dim", "train_classes"),
 }
+#: the text encoders' configs (configs/backbone/), which an error for texts suggests
+TEXT_ENCODERS = ("bag_of_embeddings", "text_cnn", "text_transformer", "wordllama",
+                 "pretrained_text")
 #: groups whose keys are constructor arguments of their `_target_`
 BUILT_GROUPS = ("dataset", "backbone", "episode", "algorithm")
 # keys that must be integers >= 1 wherever they are present
@@ -316,10 +320,21 @@ def check_algorithm_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
 
 
 def check_backbone_fits(cfg: DictConfig, tasks: TaskFamily) -> None:
-    """A backbone for images refuses data of another shape (vectors), in one line saying what
-    to use, before it is built."""
+    """A backbone for images refuses data of another shape (vectors), a text encoder data that
+    is not text, and a backbone that is no text encoder texts, in one line saying what to use,
+    before it is built."""
     shape = tuple(tasks.input_shape)
     backbone = get_class(cfg.backbone._target_)
+    reads_text = "tokenizer" in accepted_arguments(backbone)
+    if tasks.tokenizer is not None and not reads_text:
+        raise UserError(f"dataset={component_name(cfg.dataset)} gives texts (token ids), which "
+                        f"the backbone {backbone.__name__} does not read; use a text encoder: "
+                        f"backbone={' | '.join(TEXT_ENCODERS)}")
+    if tasks.tokenizer is None and reads_text:
+        given = "images" if len(shape) == 3 else f"inputs of shape {shape}"
+        raise UserError(f"the backbone {backbone.__name__} reads texts, and "
+                        f"dataset={component_name(cfg.dataset)} gives {given}; use a text "
+                        "dataset (dataset=text or wordnet) or another backbone")
     if len(shape) != 3 and takes_images(backbone):
         given = f"vectors of size {shape[0]}" if len(shape) == 1 else f"inputs of shape {shape}"
         raise UserError(f"the backbone {backbone.__name__} takes images [C, H, W], and "

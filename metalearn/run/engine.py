@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -83,7 +83,7 @@ def resolve_monitor(cfg: DictConfig, model: EpisodicModule) -> None:
                         f"{', '.join(model.validation_metrics)}")
 
 
-def make_trainer(cfg: DictConfig, resolved: dict, input_shape: Sequence[int],
+def make_trainer(cfg: DictConfig, resolved: dict, input_record: dict,
                  started: float | None = None) -> L.Trainer:
     """The config's Lightning Trainer with its callbacks and loggers; checkpoints carry `resolved`,
     the config that rebuilds the model, and the run's state. The run validates every
@@ -91,7 +91,7 @@ def make_trainer(cfg: DictConfig, resolved: dict, input_shape: Sequence[int],
     (`ValidateAtEnd`), and logs as densely as its length needs where trainer.log_every_n_steps
     is null (`LoggingCadence`). A setting Lightning refuses is a UserError in one line."""
     quiet_lightning()
-    callbacks = instantiate_all(cfg.get("callbacks")) + [RunState(resolved, input_shape, started),
+    callbacks = instantiate_all(cfg.get("callbacks")) + [RunState(resolved, input_record, started),
                                                          ValidateAtEnd()]
     if cfg.trainer.get("log_every_n_steps") is None:
         callbacks.append(LoggingCadence())
@@ -146,7 +146,7 @@ def fitting(cfg: DictConfig, model: EpisodicModule, datamodule: EpisodicDataModu
     resolve_monitor(cfg, model)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     output_dir = Path(cfg.paths.output_dir)
-    trainer = make_trainer(cfg, resolved, datamodule.tasks.input_shape, started)
+    trainer = make_trainer(cfg, resolved, datamodule.tasks.input_record(), started)
     try:
         write_text(output_dir / "config.yaml", OmegaConf.to_yaml(resolved))
         write_config_tree(cfg, output_dir / "config_tree.log", show_config)

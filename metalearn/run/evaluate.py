@@ -27,7 +27,7 @@ from metalearn.evaluation.results import (
 )
 from metalearn.evaluation.statistics import paired_difference
 from metalearn.paths import component_name
-from metalearn.run.build import instantiate_checked
+from metalearn.run.build import instantiate_dataset
 from metalearn.run.config_check import check_episode_fits, validate
 from metalearn.run.engine import meta_test_scores, test_trainer
 from metalearn.run.run_dir import write_launch_record
@@ -171,7 +171,7 @@ def evaluate(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
         shot_cfgs.append(run.cfg.copy())
         shot_cfgs[-1].episode.k_shot = k_shot
     validate(shot_cfgs[0])
-    tasks = instantiate_checked(run.cfg.dataset)
+    tasks = instantiate_dataset(run.cfg, run.tokenizer)
     for shot_cfg in shot_cfgs:  # every shot fits the dataset before any is tested
         check_episode_fits(shot_cfg, tasks)
     by_shot = [evaluate_shot(run, shot_cfg, tasks, steps, transfer_seed, views, output_dir)

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from metalearn.algorithms.base import EpisodicModule
 from metalearn.data.datamodule import EpisodicDataModule
 from metalearn.data.task_family import TaskFamily
+from metalearn.data.tokenizers import Tokenizer, tokenizer_from_state
 from metalearn.errors import UserError
 from metalearn.paths import component_name
 from metalearn.run.build import instantiate_run
@@ -36,12 +37,17 @@ def trained_input_shape(checkpoint: dict) -> tuple[int, ...] | None:
 
 def fit_input_shape(dataset: DictConfig, input_shape: tuple[int, ...] | None,
                     changed: list[str]) -> None:
-    """Sets an image dataset's image_size and channels to the trained input shape (C, S, S),
-    unless the command line sets them."""
-    if input_shape is None or len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+    """Sets an image dataset's image_size and channels to the trained input shape (C, S, S), a
+    text dataset's max_length to the trained (max_length,), unless the command line sets them."""
+    if input_shape is None:
         return
-    channels, size = input_shape[0], input_shape[1]
-    for key, value in (("image_size", size), ("channels", channels)):
+    if len(input_shape) == 3 and input_shape[1] == input_shape[2]:
+        fitted = {"image_size": input_shape[1], "channels": input_shape[0]}
+    elif len(input_shape) == 1:
+        fitted = {"max_length": input_shape[0]}
+    else:
+        return
+    for key, value in fitted.items():
         if key in dataset and f"dataset.{key}" not in changed:
             dataset[key] = value
 
@@ -59,6 +65,18 @@ class StoredRun:
     @property
     def input_shape(self) -> tuple[int, ...] | None:
         return trained_input_shape(self.checkpoint)
+
+    @property
+    def tokenizer_state(self) -> dict | None:
+        """The state of the tokenizer a text model was trained with; None for other data."""
+        return (self.checkpoint.get(RUN_STATE_KEY) or {}).get("tokenizer")
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The tokenizer a text model was trained with, which encodes the texts it is tested on
+        (another dataset's too); None for other data."""
+        state = self.tokenizer_state
+        return None if state is None else tokenizer_from_state(state)
 
     @property
     def trained_on(self) -> str:
@@ -99,7 +117,7 @@ def tested_model(run: StoredRun, cfg: DictConfig, random_init_seed: int | None =
     `tasks`: the task family when it is already loaded."""
     if random_init_seed is not None:
         L.seed_everything(random_init_seed, verbose=False)
-    datamodule, model = instantiate_run(cfg, tasks=tasks)
+    datamodule, model = instantiate_run(cfg, tasks=tasks, tokenizer=run.tokenizer)
     if run.input_shape is not None and tuple(datamodule.tasks.input_shape) != run.input_shape:
         raise UserError(f"dataset={component_name(cfg.dataset)} gives inputs of shape "
                         f"{tuple(datamodule.tasks.input_shape)}; the model was trained on "

@@ -147,6 +147,7 @@ def checked_train(cfg: DictConfig) -> dict:
             replacing = claim(output_dir, resuming, cfg.get("overwrite", False))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, model = instantiate_run(cfg)
+        model.make_optimizer()  # a model without weights to train is refused before the run
         run_state = {}
         if ckpt_path is not None:
             run_state = checked_resume(cfg, ckpt_path, model).get(RUN_STATE_KEY) or {}
