@@ -47,9 +47,10 @@ ENCODERS = {
     "bag_of_embeddings": ["backbone=bag_of_embeddings"],
     "text_cnn": ["backbone=text_cnn"],
     "text_transformer": ["backbone=text_transformer"],
-    "wordllama (frozen)": ["backbone=wordllama", "backbone.freeze=true"],
+    # frozen, ProtoNet has nothing to meta-train: the references score it untrained
     "wordllama (fine-tuned)": ["backbone=wordllama", "backbone.freeze=false"],
 }
+PRETRAINED = "wordllama (fine-tuned)"
 ALGORITHMS = ("protonet", "matchingnet", "anil", "rfs")
 SPECIAL_TOKENS = 3  # [PAD], [UNK], [MASK] of the word vocabulary: no TF-IDF feature
 
@@ -100,6 +101,7 @@ def tfidf_features(tasks):
 def wordllama_features(work: str):
     from metalearn.data.tokenizers import WordLlamaTokenizer
     from metalearn.models.pretrained_text import WordLlamaEncoder
+
     encoder = WordLlamaEncoder((64,), WordLlamaTokenizer(), freeze=True).eval()
     return lambda ids: encoder(ids).detach()
 
@@ -146,7 +148,7 @@ def run_job(name: str, train_overrides: list[str], eval_overrides: list[str], mi
     subprocess.run(evaluate, check=True, env=env, cwd=ROOT, capture_output=True, text=True)
     result = json.loads((run_dir / "eval" / "results.json").read_text())
     trained = json.loads((run_dir / "results.json").read_text())
-    row = {"name": name, "train": " ".join(train_overrides), "steps": trained.get("global_step"),
+    row = {"name": name, "train": " ".join(train_overrides), "steps": trained.get("train_steps"),
            "cpu_minutes": minutes}
     for record in result.get("by_shot", [result]):
         shot = record["k_shot"]
@@ -168,13 +170,13 @@ def jobs_of(sections: list[str], encoder: str) -> list[tuple[str, str, list[str]
     if "main" in sections:
         for masking, mask_key in MASKING.items():
             for algorithm in ALGORITHMS:
-                for encoder_name in (encoder, "wordllama (frozen)"):
+                for encoder_name in (encoder, PRETRAINED):
                     gain = ["eval.transfer_gain=true"] if algorithm == "protonet" else []
                     jobs.append(("main", f"{algorithm} {encoder_name} {masking}",
                                  [f"algorithm={algorithm}", *ENCODERS[encoder_name], mask_key],
                                  gain))
     if "cross" in sections:
-        for encoder_name in (encoder, "wordllama (frozen)"):
+        for encoder_name in (encoder, PRETRAINED):
             jobs.append(("cross", f"protonet {encoder_name} lexicographer",
                          ["algorithm=protonet", *ENCODERS[encoder_name], MASKING["masked"],
                           SPLITS["lexicographer"]], []))
