@@ -12,7 +12,8 @@ and 5 shots, with the 95% interval over episodes:
   main table (`--encoder`);
 - throughput: texts per second through each encoder, and the WordNet corpus's tokenisation and
   cache load time.
-    python experiments/text_benchmark.py [--minutes 2] [--jobs 2] [--sections refs,encoders,main,cross,speed]
+    python experiments/text_benchmark.py [--minutes 2] [--jobs 2] [--encoder text_cnn]
+        [--sections refs,encoders,main,cross,speed] [--rows earlier.json]
 """
 
 from __future__ import annotations
@@ -260,13 +261,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=2.0, help="CPU minutes per training")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once")
-    parser.add_argument("--encoder", default="bag_of_embeddings",
+    parser.add_argument("--encoder", default="text_cnn",
                         help="the trainable encoder of the main table (a name of ENCODERS)")
     parser.add_argument("--sections", default="refs,encoders,main,cross,speed")
     parser.add_argument("--out", default=str(ROOT / "experiments/results/text.md"))
+    parser.add_argument("--rows", help="the .json of an earlier run whose rows to report too "
+                                       "(sections run apart)")
     args = parser.parse_args()
     sections = args.sections.split(",")
-    rows: list[dict] = []
+    rows: list[dict] = json.loads(Path(args.rows).read_text()) if args.rows else []
     with tempfile.TemporaryDirectory() as work:
         if "refs" in sections:
             rows += references(work)

@@ -83,6 +83,11 @@ _PRETRAINING = ["backbone.hidden_channels=32", "dataset.split=lake", "dataset.ro
 _SINUSOID = ["episode.num_tasks=10000", "episode.val_episodes=100", "episode.test_episodes=200",
              "seed=3"]
 
+# Texts: WordNet nouns, class words masked, the random split; 5-way 1-shot tests. The database is
+# ../shared/datasets/wordnet (tests/test_text_runs.py skips where it is absent).
+_WORDNET = ["dataset=wordnet", "num_epochs=1", "episode.val_episodes=50",
+            "episode.test_episodes=300", "seed=1"]
+
 BUDGETS = {
     # ProtoNet, about a minute: 500 tasks of 20-way training (the session fixture).
     "protonet (lake)": Budget(
@@ -152,4 +157,16 @@ BUDGETS = {
     "reptile (sinusoid)": Budget(["experiment=reptile_sinusoid", "num_epochs=2",
                                   "episode.num_tasks=5000", "episode.val_episodes=50",
                                   "episode.test_episodes=200", "seed=3"], 0.917, 0.196),
+    # ProtoNet (cosine, 20-way training tasks) with the bag of embeddings (1,000 steps) and
+    # with WordLlama's embeddings fine-tuned (300 steps); ANIL with the bag of embeddings, 4
+    # tasks a step (200 steps); Baseline, one pass of pre-training over the meta-train texts
+    "protonet (wordnet)": Budget(["algorithm=protonet", "episode.num_tasks=1000", *_WORDNET],
+                                 0.0, 0.0),
+    "protonet wordllama (wordnet)": Budget(
+        ["algorithm=protonet", "backbone=wordllama", "backbone.freeze=false",
+         "episode.num_tasks=300", *_WORDNET], 0.0, 0.0),
+    "anil (wordnet)": Budget(["algorithm=anil", "episode.meta_batch_size=4",
+                              "episode.num_tasks=800", *_WORDNET], 0.0, 0.0),
+    "baseline (wordnet)": Budget(["algorithm=baseline", *_WORDNET, "episode.test_episodes=100"],
+                                 0.0, 0.0),
 }

@@ -20,6 +20,7 @@ from metalearn.run.config_check import TEXT_ENCODERS
 from metalearn.run.evaluate import evaluate
 from metalearn.run.stored_runs import stored_run
 from metalearn.run.training import train
+from tests.budgets import BUDGETS
 from tests.conftest import make_config
 from tests.helpers import digits_frame, topic_table
 
@@ -145,3 +146,38 @@ def test_a_checkpoint_keeps_its_vocabulary_for_other_texts(table, tmp_path):
     result = evaluate(eval_cfg, overrides)
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["test_acc"] == \
         result["test_acc"]
+
+
+# Learning WordNet definitions ------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.skipif(not WORDNET.is_dir(), reason=f"no WordNet database at {WORDNET}")
+@pytest.mark.parametrize("budget", ["protonet (wordnet)", "protonet wordllama (wordnet)",
+                                    "anil (wordnet)", "baseline (wordnet)"])
+def test_learns_wordnet_definitions(budget, tmp_path):
+    record = train(make_config(BUDGETS[budget].overrides, tmp_path))
+    assert (record["dataset"], record["n_way"], record["k_shot"]) == ("wordnet", 5, 1)
+    BUDGETS[budget].check(record)
+
+
+def test_the_python_api_takes_raw_texts_as_the_tokenizer_encodes_them(table, tmp_path):
+    from metalearn import MetaLearner
+
+    overrides = [f"dataset.path={table}", f"paths.data_dir={tmp_path}/data", "episode.n_way=3"]
+    learner = MetaLearner("protonet", dataset="text", overrides=overrides,
+                          output_dir=tmp_path / "api")
+    texts, labels = ["a red river", "the quiet engine", "an old garden"], [0, 1, 2]
+    queries = ["river red here", "engine quiet", "garden old", "zebra"]
+    tokenizer = learner.tasks.tokenizer
+    ids = torch.zeros(3, 3, dtype=torch.long)  # padded to the longest, as the loader pads
+    for row, encoded in zip(ids, tokenizer.encode(texts)):
+        row[:len(encoded)] = torch.tensor(encoded)
+    from_texts = learner.adapt({"x": texts, "y": labels})(queries)
+    from_ids = learner.adapt({"x": ids, "y": labels})(
+        torch.nn.utils.rnn.pad_sequence([torch.tensor(q) for q in tokenizer.encode(queries)],
+                                        batch_first=True))
+    assert torch.allclose(from_texts, from_ids)
+    with pytest.raises(UserError) as caught:
+        learner.adapt({"x": torch.rand(3, 5), "y": labels})
+    assert str(caught.value) == ("support_set x has shape (3, 5) (torch.float32); this protonet "
+                                 "learner takes texts (a list of strings) or integer token ids "
+                                 "[examples, at most 64]")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from metalearn.data.episodes import Task, TaskBatch
+from metalearn.data.episodes import Task, TaskBatch, cat_padded
 from metalearn.data.task_family import TaskFamily
 from metalearn.errors import UserError
 from metalearn.paths import component_name
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
     from metalearn.algorithms.base import EpisodicModule
+    from metalearn.data.tokenizers import Tokenizer
 
 # A support or query set: {"x": inputs, "y": targets} or (inputs, targets).
 LabelledSet = Mapping[str, Any] | Sequence[Any]
@@ -34,6 +35,28 @@ def tensor_of_numbers(value: Any, name: str, allowed: str) -> Tensor:
         raise UserError(f"{name} {allowed}; got {reprlib.repr(value)}") from None
 
 
+def texts_in(x: Any) -> bool:
+    """Whether x is texts: a list of strings, or a list of lists of strings."""
+    while isinstance(x, (list, tuple)) and x:
+        x = x[0]
+    return isinstance(x, str)
+
+
+def encoded_texts(tokenizer: Tokenizer, texts: Sequence, max_length: int) -> Tensor:
+    """Texts (a list of strings, or a list of such lists of one length) as token ids, cut at
+    max_length and right-padded with 0 to the longest."""
+    if isinstance(texts[0], str):
+        ids = [row[:max_length] for row in tokenizer.encode(list(texts))]
+        rows = torch.zeros(len(ids), max(1, *map(len, ids)), dtype=torch.long)
+        for row, text in zip(rows, ids):
+            row[:len(text)] = torch.tensor(text, dtype=torch.long)
+        return rows
+    tasks = [encoded_texts(tokenizer, task, max_length) for task in texts]
+    if len({len(task) for task in tasks}) > 1:
+        raise UserError("the tasks' texts differ in number; every task of a batch holds as many")
+    return cat_padded([task.unsqueeze(0) for task in tasks])
+
+
 class InputChecks:
     """The checks of MetaLearner's inputs, against its `module`, `tasks` and `config`."""
 
@@ -45,7 +68,10 @@ class InputChecks:
 
     def inputs(self, x: Any, name: str, batch_dims: int = 1) -> Tensor:
         """x as this learner's inputs: the dataset's input shape after `batch_dims` dimensions,
-        at least one example, finite values (not uint8 pixels), on the learner's device."""
+        at least one example, finite values (not uint8 pixels), on the learner's device. A text
+        learner's are texts or token ids (`token_ids`)."""
+        if self.tasks.tokenizer is not None:
+            return self.token_ids(x, name, batch_dims)
         x = tensor_of_numbers(x, name, "must be a tensor or array of numbers (a list of "
                                        "tensors: torch.stack it)")
         expected = tuple(self.tasks.input_shape)
@@ -65,6 +91,27 @@ class InputChecks:
         if not torch.isfinite(x).all():
             raise UserError(f"{name} holds NaN or infinite values")
         return x
+
+    def token_ids(self, x: Any, name: str, batch_dims: int) -> Tensor:
+        """A text learner's inputs as token ids [(tasks,) examples, length], 0 padding: texts (a
+        list of strings, for tasks a list of such lists), which the tokenizer the learner was
+        built with encodes (cut at dataset.max_length), or ids as the dataset's loader makes."""
+        max_length = self.tasks.input_shape[0]
+        if texts_in(x):
+            x = encoded_texts(self.tasks.tokenizer, x, max_length)
+        x = tensor_of_numbers(x, name, "must be texts (a list of strings) or token ids")
+        expected = f"[{'tasks, ' if batch_dims == 2 else ''}examples, at most {max_length}]"
+        if x.dim() != batch_dims + 1 or x.shape[-1] > max_length or x.is_floating_point():
+            raise UserError(f"{name} has shape {tuple(x.shape)} ({x.dtype}); this "
+                            f"{self.algorithm} learner takes texts (a list of strings) or integer "
+                            f"token ids {expected}")
+        if x.numel() == 0:
+            raise UserError(f"{name} is empty: a task needs at least one example")
+        vocab_size = self.tasks.tokenizer.vocab_size
+        if int(x.min()) < 0 or int(x.max()) >= vocab_size:
+            raise UserError(f"{name} holds token ids outside 0..{vocab_size - 1}, the ids of "
+                            "the learner's tokenizer")
+        return x.to(self.device, torch.long)
 
     def labelled_set(self, data: LabelledSet, name: str, support: bool = False,
                      classes: int | None = None) -> tuple[Tensor, Tensor]:
