@@ -55,7 +55,9 @@ def test_bag_of_embeddings_is_the_mean_of_the_words_embeddings():
     x = token_rows(TEXTS)
     table = model.embedding.weight.detach()
     expected = torch.stack([torch.stack([table[i] for i in row if i != 0]).mean(0) for row in x])
-    torch.testing.assert_close(model(x), expected)
+    # then normalised over the features (a fresh LayerNorm: scale 1, shift 0)
+    torch.testing.assert_close(model(x), torch.nn.functional.layer_norm(expected, (12,)))
+    torch.testing.assert_close(encoder(BagOfEmbeddings, output_norm=False)(x), expected)
     assert model(x).shape == (len(TEXTS), model.out_features)
 
 
@@ -80,6 +82,7 @@ def test_text_cnn_equals_kim_window_by_window_even_for_texts_shorter_than_a_filt
     x = token_rows(texts)
     expected = torch.stack([kim_features(model, [i for i in row.tolist() if i != 0])
                             for row in x])
+    expected = torch.nn.functional.layer_norm(expected, (15,))  # a fresh LayerNorm
     torch.testing.assert_close(model(x), expected)
     assert model(x).shape == (len(texts), 3 * 5) and model.out_features == 15
     # a batch of short texts only: L = 2, below every filter width
