@@ -5,6 +5,7 @@ vocabulary for evaluation on other texts, and learning on WordNet definitions.""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -24,7 +25,9 @@ from tests.budgets import BUDGETS
 from tests.conftest import make_config
 from tests.helpers import digits_frame, topic_table
 
-WORDNET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wordnet"
+#: where dataset=wordnet reads the database (configs/dataset/wordnet.yaml)
+WORDNET = Path(os.environ.get("METALEARN_WORDNET",
+                              Path(__file__).resolve().parents[2] / "shared/datasets/wordnet"))
 ALGORITHMS = ("protonet", "matchingnet", "relationnet", "siamese", "maml", "fomaml", "anil",
               "reptile", "metasgd", "meta_lstm", "metanet", "mann", "ntm", "baseline",
               "baseline_pp", "rfs")
