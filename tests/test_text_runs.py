@@ -149,6 +149,12 @@ def test_a_checkpoint_keeps_its_vocabulary_for_other_texts(table, tmp_path):
     result = evaluate(eval_cfg, overrides)
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["test_acc"] == \
         result["test_acc"]
+    tta_cfg = make_config([f"ckpt_path={checkpoint}", "eval.tta=2"], tmp_path / "tta", "eval")
+    with pytest.raises(UserError) as caught:
+        evaluate(tta_cfg, ["eval.tta=2"])
+    assert str(caught.value) == ("eval.tta=2 averages over augmented views of each episode, and "
+                                 "dataset=text has no augmentation (texts, feature tables and "
+                                 "the sinusoid are not augmented); use eval.tta=1")
 
 
 # Learning WordNet definitions ------------------------------------------------------------------

@@ -38,6 +38,10 @@ def test_time_views(cfg: DictConfig, run_cfg: DictConfig) -> int:
     """eval.tta: how many augmented views of each test episode to average over (1: none); they
     are made by the dataset's augmentation (dataset.augment)."""
     views = check_whole_number("eval.tta", cfg.eval.get("tta", 1))
+    if views > 1 and "augment" not in run_cfg.dataset:
+        raise UserError(f"eval.tta={views} averages over augmented views of each episode, and "
+                        f"dataset={component_name(run_cfg.dataset)} has no augmentation (texts, "
+                        "feature tables and the sinusoid are not augmented); use eval.tta=1")
     if views > 1 and not run_cfg.dataset.get("augment"):
         raise no_augmentation(views)
     return views
