@@ -190,3 +190,25 @@ def test_the_python_api_takes_raw_texts_as_the_tokenizer_encodes_them(table, tmp
     assert str(caught.value) == ("support_set x has shape (3, 5) (torch.float32); this protonet "
                                  "learner takes texts (a list of strings) or integer token ids "
                                  "[examples, at most 64]")
+
+
+def test_compare_scores_text_models_of_other_tokenizers_on_the_same_episodes(table, tmp_path):
+    """A word-vocabulary model and a WordLlama one: each checkpoint's texts are encoded its own
+    way, and both are scored on the same episodes (the same classes and texts)."""
+    from metalearn import MetaLearner
+    from metalearn.run.compare import compare
+
+    overrides = [f"dataset.path={table}", f"paths.data_dir={tmp_path}/data"]
+    paths = [MetaLearner("protonet", dataset="text", overrides=[*overrides, *backbone],
+                         output_dir=tmp_path / name).save(tmp_path / f"{name}.ckpt")
+             for name, backbone in (("words", []), ("wordllama", ["backbone=wordllama"]))]
+    argv = [f"ckpt_paths=[{','.join(map(str, paths))}]", "episode.test_episodes=12"]
+    comparison = compare(make_config(argv, tmp_path / "compare", "compare"), argv)
+    words, wordllama = comparison["checkpoints"]
+    assert words["test_acc"] != wordllama["test_acc"]
+    assert words["test_classes"] == wordllama["test_classes"]
+    # each as eval.py scores it alone, on those episodes
+    for path, record in zip(paths, (words, wordllama)):
+        alone = [f"ckpt_path={path}", "episode.test_episodes=12"]
+        result = evaluate(make_config(alone, tmp_path / f"eval_{path.stem}", "eval"), alone)
+        assert result["test_acc"] == pytest.approx(record["test_acc"])
