@@ -154,9 +154,9 @@ def run_job(name: str, train_overrides: list[str], eval_overrides: list[str], mi
     for record in result.get("by_shot", [result]):
         shot = record["k_shot"]
         row[f"{shot}-shot"] = (record["test_acc"], record["test_acc_ci95"])
-        if "transfer" in record:
-            row[f"{shot}-shot gain"] = (record["transfer"]["gain"],
-                                        record["transfer"]["gain_ci95"])
+        if "transfer_gain" in record:
+            row[f"{shot}-shot gain"] = (record["transfer_gain"]["gain"],
+                                        record["transfer_gain"]["gain_ci95"])
     print(row, f"({time.process_time() - started:.0f} s here)", flush=True)
     return row
 
