@@ -99,7 +99,7 @@ def tfidf_features(tasks):
         transformer.transform(counts(ids, vocab_size)).toarray()).float()
 
 
-def wordllama_features(work: str):
+def wordllama_features():
     from metalearn.data.tokenizers import WordLlamaTokenizer
     from metalearn.models.pretrained_text import WordLlamaEncoder
 
@@ -120,7 +120,7 @@ def references(work: str) -> list[dict]:
                 for shot in SHOTS:
                     tasks, loader = test_episodes([split_key, mask_key, backbone], shot, work)
                     features = tfidf_features(tasks) if name == "TF-IDF" else \
-                        wordllama_features(work)
+                        wordllama_features()
                     with torch.no_grad():
                         row[f"{shot}-shot"] = nearest_centroid(features, loader)
                 print(row, flush=True)
