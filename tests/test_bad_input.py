@@ -61,7 +61,7 @@ def test_unknown_split(tmp_path):
      "inner_lr, inner_steps, optimizer, outer_lr, output_layer, scheduler, "
      "test_inner_steps, transductive_bn"),
     (["backbone=mlp", "backbone.flatten=false"], "backbone.flatten is not a setting of "
-     "metalearn.models.backbones.MLP; its settings are: hidden_sizes"),
+     "metalearn.models.backbones.MLP; its settings are: embedding_dim, hidden_sizes"),
 ])
 def test_unknown_setting_lists_the_valid_ones(tmp_path, overrides, message):
     assert build_error(tmp_path, *overrides) == message

@@ -52,7 +52,7 @@ def test_every_algorithm_and_dataset_has_a_config():
     assert ALGORITHMS == sorted(path.stem for path in (CONFIG_DIR / "algorithm").glob("*.yaml"))
     assert set(DATASETS) <= set(config_choices("dataset"))
     regression = [algorithm for algorithm, dataset in supported_pairs() if dataset == "sinusoid"]
-    assert regression == ["fomaml", "maml", "metasgd", "reptile"]
+    assert regression == ["anil", "fomaml", "maml", "metasgd", "reptile"]
 
 
 def own_node(path: Path) -> DictConfig:

@@ -290,7 +290,8 @@ def test_a_split_column_assigns_labels(tmp_path):
 def test_table_mistakes_are_one_line(tmp_path):
     frame = digits_frame()
     frame.to_csv(tmp_path / "t.csv", index=False)
-    named = frame.assign(name="x")
+    named = frame.astype({"pixel5": object})  # a number column with a cell of text
+    named.loc[7, "pixel5"] = "x"
     named.to_csv(tmp_path / "named.csv", index=False)
     mixed = frame.assign(part=["train"] * 5 + ["test"] * (len(frame) - 5))
     mixed.to_csv(tmp_path / "mixed.csv", index=False)
@@ -299,7 +300,7 @@ def test_table_mistakes_are_one_line(tmp_path):
     cases = [
         (lambda: feature_table(str(tmp_path / "t.csv"), label_column="intent"),
          "dataset.label_column='intent' is not a column of the table; its columns are: pixel0, "),
-        (lambda: feature_table(str(tmp_path / "named.csv")), "feature column 'name' is not "
+        (lambda: feature_table(str(tmp_path / "named.csv")), "feature column 'pixel5' is not "
                                                               "numeric (e.g. 'x')"),
         (lambda: feature_table(str(tmp_path / "ragged.csv")),
          f"dataset.path='{tmp_path / 'ragged.csv'}' cannot be read as a table: Error tokenizing "
@@ -321,7 +322,7 @@ def test_groups_of_rows_are_regression_tasks_split_by_group(tmp_path):
     table = feature_table(str(sinusoid_table(tmp_path / "sin.csv", functions=50)),
                           task_column="function", target_column="y")
     assert table.task_type == "regression" and table.input_shape == (1,)
-    groups = {split: set(data.names) for split, (data, _) in table.splits.items()}
+    groups = {split: set(table.rows(split).names) for split in ("train", "val", "test")}
     assert not (groups["train"] & groups["val"] or groups["train"] & groups["test"]
                 or groups["val"] & groups["test"])
     batch = table.sample("val", TaskShape(1, 5, 15), 8, seeded_generator(3))

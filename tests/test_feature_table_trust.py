@@ -42,7 +42,9 @@ def machine_table() -> pd.DataFrame:
 
 
 def feature_log(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "metalearn.data.features"]
+    """What the table (and its groups: metalearn/data/grouped.py) said."""
+    return [r.getMessage() for r in caplog.records
+            if r.name in ("metalearn.data.features", "metalearn.data.grouped")]
 
 
 # Which columns are features -----------------------------------------------------------------
@@ -183,17 +185,17 @@ def test_regression_targets_are_standardised_on_meta_train_rows(tmp_path):
     machine_table().to_csv(tmp_path / "wear.csv", index=False)
     table = feature_table(str(tmp_path / "wear.csv"), task_column="machine",
                           target_column="wear")
-    train_targets = table.splits["train"][1]
+    train_targets = table.rows("train").targets
     assert float(train_targets.mean()) == pytest.approx(0.0, abs=1e-5)
     assert float(train_targets.std(unbiased=False)) == pytest.approx(1.0, abs=1e-5)
     wear = machine_table().set_index("machine")["wear"]
-    raw_train = wear.loc[list(table.splits["train"][0].names)].to_numpy()
+    raw_train = wear.loc[list(table.rows("train").names)].to_numpy()
     assert table.target_scale == pytest.approx(raw_train.std(), rel=1e-5)
     raw = feature_table(str(tmp_path / "wear.csv"), task_column="machine", target_column="wear",
                         standardize_target=False)
     assert raw.target_scale == 1.0
-    assert torch.allclose(raw.splits["val"][1],
-                          table.splits["val"][1] * table.target_scale + raw_train.mean())
+    assert torch.allclose(raw.rows("val").targets,
+                          table.rows("val").targets * table.target_scale + raw_train.mean())
 
 
 def test_target_scale_is_one_for_other_families(tmp_path):
@@ -209,7 +211,7 @@ def test_split_record_names_each_splits_groups(tmp_path):
     record = table.split_record()
     assert sorted(record) == ["test", "train", "val"]
     assert sorted(sum(record.values(), [])) == [f"m{i:02d}" for i in range(10)]
-    assert record["val"] == list(table.splits["val"][0].names)
+    assert record["val"] == list(table.rows("val").names)
 
 
 def test_one_shot_regression_is_named_and_every_query_size_is_checked(tmp_path, caplog):
@@ -227,7 +229,8 @@ def test_one_shot_regression_is_named_and_every_query_size_is_checked(tmp_path, 
     assert feature_log(caplog) == []
     # meta-val and meta-test tasks take query_size rows even where training takes fewer
     message = user_error(table.check_fits, EpisodeSettings(5, 10, 15, None, 5), "features")
-    assert message.startswith("episode.k_shot + episode.query_size = 25 is more than the 20 rows")
+    assert message.startswith("episode.k_shot + episode.query_size = 25 is more than the rows of "
+                              "every group of features's meta-train split (the largest has 20)")
     table.sample("val", TaskShape(1, 10, 10), 2, seeded_generator(0))
 
 

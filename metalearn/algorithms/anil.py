@@ -16,7 +16,6 @@ from metalearn.errors import UserError
 
 
 class ANIL(MAML):
-    supported_task_types = ("classification",)
     user_network_is_learner = False  # the network is the body; ANIL adapts the layer it adds
 
     def build_learner(self, backbone: nn.Module, output_layer: bool) -> nn.Module:

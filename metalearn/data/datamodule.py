@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 from lightning import LightningDataModule
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metalearn.data.episodes import ExampleBatch, TaskBatch, TaskShape, seeded_generator
@@ -258,6 +259,16 @@ class EpisodicDataModule(LightningDataModule):
         return DataLoader(stream, batch_size=self.eval_batch_size, collate_fn=TaskBatch.concat,
                           sampler=RankSampler(episodes, *self.ranks()),
                           num_workers=self.num_workers)
+
+    def test_episode_rows(self) -> Tensor:
+        """The rows of each test episode [episodes, K + Q] of a family of grouped rows
+        (GroupedRegression.episode_rows), drawn from the test episodes' own generators: what the
+        classical baselines score (metalearn/run/classical_scores.py)."""
+        shape = TaskShape(self.n_way, self.k_shot, self.query_size)
+        split = SPLITS.index("test")
+        return torch.cat([self.tasks.episode_rows("test", shape, 1,
+                                                  seeded_generator(self.eval_seed, split, i))[1]
+                          for i in range(self.test_episodes)])
 
     def val_dataloader(self) -> DataLoader:
         return self.eval_dataloader("val", self.val_episodes)

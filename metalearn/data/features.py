@@ -9,7 +9,8 @@ a CSV, Parquet or NumPy (.npz) file. Two kinds of task come from one table:
 - regression (`task_column` and `target_column`; `dataset=features_regression` also sets a
   regression task shape): each group of rows with the same task value is one task, K support
   and Q query rows of it (per-user or per-machine adaptation); groups, not rows, are split
-  between meta-train, meta-val and meta-test.
+  between meta-train, meta-val and meta-test, and a group with fewer than K + Q rows gives no
+  task (counted in one line: metalearn/data/grouped.py).
 
 The features are chosen deliberately (`FeatureChoice`): the list `feature_columns`, or every
 column but those above and `ignore_columns`, less the columns that would teach the learner
@@ -17,10 +18,20 @@ something other than the features: a column that copies the label or the target 
 from, even when listed) and one that identifies rows (a different whole number in every row: a
 row id sorted by class lifts pure noise from chance to 95%) or tasks, each named in one line.
 An .npz file holds the features as `x` [rows, features] beside one-dimensional arrays that are
-the other columns (`y`, ...). `standardize` centres and scales every feature by its meta-train
-mean and deviation, `standardize_target` a regression target likewise (`target_scale`).
-A broken table (no rows, a blank label, NaN in a target or feature, pickled .npz arrays) is
-refused in one line naming the file, the column and its first rows.
+the other columns (`y`, ...).
+
+The features become numbers as a statistician would have them (`encode_features`), every
+statistic from the meta-train rows alone, since a test label or group must be new:
+`categorical_columns` (null: the columns of text, booleans or pandas categories) are one-hot
+coded against a reference level or fed as integer codes to an embedding
+(`categorical_encoding`), a level unseen in meta-train being one unknown level; blanks are
+refused or imputed with the meta-train mean or median (`missing`); in regression tables,
+columns constant over the meta-train rows are dropped (they make a linear model's design
+singular); `standardize` centres and scales every numeric feature by its meta-train mean and
+deviation, `standardize_target` a regression target likewise (`target_offset`,
+`target_scale`). Each of these is said in one line. A broken table (no rows, a blank label,
+text in a numeric column, NaN in a target, pickled .npz arrays) is refused in one line naming
+the file, the column and its first rows.
 """
 
 from __future__ import annotations
@@ -28,19 +39,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
 
-from metalearn.data.episodes import ClassExamples, TaskBatch, TaskShape, gather
-from metalearn.data.task_family import (
-    SPLITS,
-    ClassificationTaskFamily,
-    EpisodeSettings,
-    TaskFamily,
-)
+from metalearn.data.episodes import ClassExamples
+from metalearn.data.grouped import GroupedRegression, GroupedRows
+from metalearn.data.task_family import SPLITS, ClassificationTaskFamily, TaskFamily
 from metalearn.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -142,7 +150,7 @@ def target_column_values(table: pd.DataFrame, path: str, name: str) -> np.ndarra
     what = f"dataset.target_column={name!r}"
     targets = column(table, "target_column", name)
     check_numeric(targets, what, path, "every target is a number")
-    values = targets.to_numpy(np.float32)
+    values = pd.to_numeric(targets, errors="coerce").to_numpy(np.float32, na_value=np.nan)
     check_finite(values, what, path, "fill or drop those rows")
     return values
 
@@ -187,24 +195,39 @@ def listed_columns(table: pd.DataFrame, key: str, names: Sequence[str]) -> list[
     return list(names)
 
 
+def floats(values: pd.Series) -> np.ndarray:
+    """A numeric column as float64 [rows], NaN where blank (pandas' nullable Int64, Float64 and
+    boolean columns, which Parquet gives, hold pd.NA)."""
+    return values.to_numpy(np.float64, na_value=np.nan)
+
+
 def identifies_rows(values: pd.Series) -> bool:
     """Whole numbers, a different one in every row: a row id, an index, a timestamp. Continuous
     features differ in every row too, so only whole numbers count."""
     if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
         return False
-    numbers = values.to_numpy()
+    numbers = floats(values)
     head = numbers[:100]  # cheap first: a continuous feature is not whole in its first rows
     return (bool(np.all(head == np.round(head)) and np.all(numbers == np.round(numbers)))
             and values.is_unique)
 
 
+def measures(values: pd.Series) -> bool:
+    """Numbers that are not all whole: measurements, not names or codes."""
+    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
+        return False
+    numbers = floats(values)
+    numbers = numbers[np.isfinite(numbers)]
+    return bool(np.any(numbers != np.round(numbers)))
+
+
 def one_to_one(values: pd.Series, key: pd.Series, first_key_rows: np.ndarray) -> bool:
     """Whether rows hold equal `values` exactly where they hold equal `key` values.
     `first_key_rows`: the rows of the key's first value (computed once per key)."""
-    value = values.to_numpy()
+    value = pd.factorize(values)[0]  # equal values, equal codes (blanks -1, pd.NA too)
     if not (value[first_key_rows] == value[0]).all():  # cheap first: constant on those rows
         return False
-    pairs = pd.DataFrame({"value": value, "key": key.to_numpy()}).drop_duplicates()
+    pairs = pd.DataFrame({"value": value, "key": pd.factorize(key)[0]}).drop_duplicates()
     return len(pairs) == pairs["value"].nunique() == pairs["key"].nunique()
 
 
@@ -219,7 +242,7 @@ def rescales(values: pd.Series, key_floats: np.ndarray | None) -> bool:
     key as float64 (computed once per key), None where it is not numeric."""
     if key_floats is None or not pd.api.types.is_numeric_dtype(values):
         return False
-    numbers = values.to_numpy()
+    numbers = floats(values)
     # cheap first: a copy correlates +-1 on any rows (NaN where they are constant: go on)
     if abs(correlation(numbers[:100], key_floats[:100])) < 1 - 1e-9:
         return False
@@ -238,7 +261,10 @@ class FeatureChoice:
     from it would learn the answer. By default not a column that identifies rows (a row id
     sorted by class scores far above chance on noise) or tasks either, though one listed in
     dataset.feature_columns is learned from: a whole number different in every row may be a
-    measurement (a timestamp, a price in cents), and the user has said so."""
+    measurement (a timestamp, a price in cents), and the user has said so. A column of numbers
+    that are not all whole, one value per task, is a measurement of the group (a county's
+    uranium, a school's mean SES: what a mixed model's group-level covariate is) and is kept;
+    whole numbers or text one per task are the task's name in another column."""
 
     def __init__(self, table: pd.DataFrame, roles: dict[str, str], predicted: str,
                  tasks: str | None = None):
@@ -249,7 +275,7 @@ class FeatureChoice:
         # whose values all differ, so only its rescalings count as copies
         self.predicted_repeats = not table[self.predicted].is_unique
         self.predicted_rows = first_value_rows(table[self.predicted])
-        self.predicted_floats = (table[self.predicted].to_numpy(np.float64)
+        self.predicted_floats = (floats(table[self.predicted])
                                  if pd.api.types.is_numeric_dtype(table[self.predicted]) else None)
         # likewise a task column whose values all differ identifies nothing but rows
         self.tasks = tasks if tasks is not None and not table[tasks].is_unique else None
@@ -268,7 +294,8 @@ class FeatureChoice:
         values = self.table[name]
         if identifies_rows(values):
             return "a different whole number in every row: it identifies rows"
-        if self.tasks is not None and one_to_one(values, self.table[self.tasks], self.task_rows):
+        if (self.tasks is not None and not measures(values)
+                and one_to_one(values, self.table[self.tasks], self.task_rows)):
             return f"copies the task column {self.tasks!r}: it identifies tasks"
         return None
 
@@ -320,19 +347,226 @@ class FeatureChoice:
         return names
 
 
-def feature_matrix(table: pd.DataFrame, names: Sequence[str], path: str) -> np.ndarray:
-    """The named columns as float32 [rows, features]: finite numbers."""
-    fix = ("leave the column out with dataset.ignore_columns, or list the features in "
-           "dataset.feature_columns")
+# Feature columns: numeric or categorical, blanks, constants, encoding -------------------------
+MISSING = ("refuse", "mean", "median")
+ENCODINGS = ("onehot", "embedding")
+#: a blank cell of a categorical column where dataset.missing imputes: a level of its own
+MISSING_LEVEL = "(missing)"
+#: a text column is numeric, with a few cells to correct, where at least this share of its
+#: non-blank cells are numbers; below it, its numbers are level names (sizes "8", "10", "XL")
+NUMERIC_SHARE = 0.9
+
+
+class ColumnSettings(NamedTuple):
+    """How feature columns become numbers (dataset.categorical_columns, categorical_encoding,
+    missing, standardize); see `encode_features`."""
+
+    categorical_columns: Sequence[str] | None = None
+    categorical_encoding: str = "onehot"
+    missing: str = "refuse"
+    standardize: bool = False
+
+    def checked(self) -> ColumnSettings:
+        for key, value, allowed in (("categorical_encoding", self.categorical_encoding,
+                                     ENCODINGS), ("missing", self.missing, MISSING)):
+            if value not in allowed:
+                raise UserError(f"dataset.{key}={value!r} must be one of: {', '.join(allowed)}")
+        return self
+
+
+class EncodedFeatures(NamedTuple):
+    """A table's feature columns as the learners see them."""
+
+    values: np.ndarray              # float32 [rows, features]
+    names: list[str]                # one per column of `values`
+    categories: tuple[int, ...]     # embedding: the levels of each code column (the last ones)
+
+
+def encode_features(table: pd.DataFrame, names: Sequence[str], path: str,
+                    train_rows: np.ndarray, settings: ColumnSettings,
+                    drop_constant: bool) -> EncodedFeatures:
+    """The feature columns `names` as float32 numbers, every statistic taken from the meta-train
+    rows `train_rows` alone (a test group is new: nothing of it may shape its inputs):
+
+    - numeric and categorical columns (`feature_kinds`); a numeric column with text cells is
+      refused naming them;
+    - blanks (pandas' markers: '', NA, nan, null, ...) refused, or imputed with the numeric
+      column's meta-train mean or median (categorical blanks become the level '(missing)'),
+      counted in one line;
+    - with `drop_constant`, columns that hold one value over the meta-train rows dropped, named
+      in one line: in a linear model beside the intercept they make the design singular;
+    - numeric columns standardised by their meta-train mean and deviation (`standardize`);
+    - categorical columns after them, their levels those of the meta-train rows (`categorical`).
+    """
+    numeric, categorical = feature_kinds(table, names, settings.categorical_columns, path)
+    numbers = numeric_matrix(table, numeric, path, settings.missing)
+    levels = [level_values(table[name], name, path, settings.missing) for name in categorical]
+    if drop_constant:
+        constant = [name for name, column in zip(numeric, numbers.T)
+                    if len(np.unique(column[train_rows][~np.isnan(column[train_rows])])) <= 1]
+        constant += [name for name, values in zip(categorical, levels)
+                     if values.iloc[train_rows].nunique() <= 1]
+        if constant:
+            log.warning("left out of the features, constant over the meta-train rows: %s",
+                        ", ".join(constant))
+        if len(constant) == len(names):
+            raise UserError(f"every feature column ({', '.join(names)}) holds one value over "
+                            f"the meta-train rows of {path}: there is nothing to learn from")
+        kept = [index for index, name in enumerate(numeric) if name not in constant]
+        numeric, numbers = [numeric[i] for i in kept], numbers[:, kept]
+        levels = [values for name, values in zip(categorical, levels) if name not in constant]
+        categorical = [name for name in categorical if name not in constant]
+    numbers = imputed(numbers, numeric, train_rows, settings.missing, levels)
+    if settings.standardize and numeric:
+        mean, std = standardizer(numbers[train_rows])
+        numbers = (numbers - mean) / std
+    blocks, columns, categories = [numbers], list(numeric), []
+    for name, values in zip(categorical, levels):
+        block, block_names, count = categorical_block(name, values, train_rows,
+                                                      settings.categorical_encoding)
+        blocks.append(block)
+        columns += block_names
+        categories += [count] if count else []
+    return EncodedFeatures(np.concatenate(blocks, axis=1).astype(np.float32, copy=False),
+                           columns, tuple(categories))
+
+
+def feature_kinds(table: pd.DataFrame, names: Sequence[str],
+                  categorical_columns: Sequence[str] | None, path: str
+                  ) -> tuple[list[str], list[str]]:
+    """(numeric, categorical) feature columns, each in table order: dataset.categorical_columns
+    as listed, or, where it is null, the columns of booleans, of pandas categories and of text
+    that is mostly not numbers (`categorical_text`), named in one line."""
+    if categorical_columns is not None:
+        listed = listed_columns(table, "categorical_columns", categorical_columns)
+        for name in listed:
+            if name not in names:
+                raise UserError(f"dataset.categorical_columns names {name!r}, which is not a "
+                                f"feature column; the features are: {', '.join(names)}")
+        categorical = [name for name in names if name in listed]
+    else:
+        categorical = [name for name in names if categorical_text(table[name])]
+        if categorical:
+            log.info("categorical feature columns (not numbers; dataset.categorical_columns "
+                     "lists them otherwise): %s", ", ".join(categorical))
+    return [name for name in names if name not in categorical], categorical
+
+
+def categorical_text(values: pd.Series) -> bool:
+    """Whether a column is categorical by its values: booleans, pandas categories, or text of
+    which fewer than NUMERIC_SHARE of the non-blank cells are numbers (at least that share is a
+    numeric column with a few cells to correct: '3.1', '2,5', '?')."""
+    if isinstance(values.dtype, pd.CategoricalDtype) or pd.api.types.is_bool_dtype(values):
+        return True
+    if pd.api.types.is_numeric_dtype(values):
+        return False
+    present = values.dropna()
+    if pd.api.types.infer_dtype(present) == "boolean":  # True/False read beside blanks
+        return True
+    numbers = pd.to_numeric(present, errors="coerce").notna()
+    return len(present) > 0 and float(numbers.mean()) < NUMERIC_SHARE
+
+
+def numeric_matrix(table: pd.DataFrame, names: Sequence[str], path: str,
+                   missing: str) -> np.ndarray:
+    """The numeric columns as float32 [rows, features], NaN where blank (refused unless
+    dataset.missing imputes); text and infinite values are refused, naming their rows."""
+    fix = ("correct those cells, blank them (dataset.missing says what blanks become), or list "
+           "the column in dataset.categorical_columns or dataset.ignore_columns")
     for name in names:
         check_numeric(table[name], f"feature column {name!r}", path, fix)
-    features = table[names].to_numpy(np.float32)
-    bad = ~np.isfinite(features).all(0)
+    numbers = pd.DataFrame({name: pd.to_numeric(table[name], errors="coerce") for name in names},
+                           index=table.index).to_numpy(np.float32, na_value=np.nan)
+    refused = missing == "refuse"
+    bad = ~np.isfinite(numbers) if refused else np.isinf(numbers)
     if bad.any():
-        first = int(bad.argmax())
-        check_finite(features[:, first], f"feature column {names[first]!r}", path,
-                     f"fill or drop those rows, or {fix}")
-    return features
+        first = int(bad.any(0).argmax())
+        raise UserError(f"feature column {names[first]!r} holds "
+                        f"{'NaN or infinite' if refused else 'infinite'} values in {path} at "
+                        f"{row_list(bad[:, first])}; fill or drop those rows" + (
+                            ", set dataset.missing=mean or median to impute the blanks"
+                            if refused else "") + ", or leave the column out with "
+                        "dataset.ignore_columns")
+    return numbers
+
+
+def level_values(values: pd.Series, name: str, path: str, missing: str) -> pd.Series:
+    """A categorical column's values as objects, blanks as the level '(missing)' (refused with
+    dataset.missing=refuse)."""
+    blank = values.isna().to_numpy()
+    if blank.any() and missing == "refuse":
+        raise UserError(f"feature column {name!r} is blank in {path} at {row_list(blank)}; "
+                        "fill or drop those rows, or set dataset.missing=mean or median (a "
+                        f"categorical blank is then a level {MISSING_LEVEL!r} of its own)")
+    return values.astype(object).where(~blank, MISSING_LEVEL)
+
+
+def imputed(numbers: np.ndarray, names: Sequence[str], train_rows: np.ndarray, missing: str,
+            categorical: Sequence[pd.Series]) -> np.ndarray:
+    """Blank numeric cells filled with their column's meta-train mean or median; the filled
+    cells and the '(missing)' ones of the `categorical` columns counted per column in one
+    line."""
+    counts = []
+    blank = np.isnan(numbers)
+    if blank.any():
+        train = numbers[train_rows]
+        unknown = np.isnan(train).all(0)
+        if unknown.any():
+            raise UserError(f"feature column {names[int(unknown.argmax())]!r} is blank in every "
+                            f"meta-train row: dataset.missing={missing} has no value to impute "
+                            "from; leave it out with dataset.ignore_columns")
+        statistic = np.nanmean(train, 0) if missing == "mean" else np.nanmedian(train, 0)
+        numbers = np.where(blank, statistic, numbers).astype(np.float32)
+        counts += [f"{name} {count}" for name, count in zip(names, blank.sum(0)) if count]
+    counts += [f"{values.name} {count} (as the level {MISSING_LEVEL!r})" for values in categorical
+               if (count := int((values == MISSING_LEVEL).sum()))]
+    if counts:
+        log.info("dataset.missing=%s: blank cells filled from the meta-train rows: %s", missing,
+                 ", ".join(counts))
+    return numbers
+
+
+def sorted_levels(levels: Sequence) -> list:
+    """Levels in their natural order (numbers as numbers, or all as text where they mix kinds),
+    '(missing)' last: never the reference level."""
+    present = [level for level in levels if level != MISSING_LEVEL]
+    try:
+        present = sorted(present)
+    except TypeError:
+        present = sorted(present, key=str)
+    return present + [MISSING_LEVEL] * (len(present) < len(levels))
+
+
+def categorical_block(name: str, values: pd.Series, train_rows: np.ndarray,
+                      encoding: str) -> tuple[np.ndarray, list[str], int]:
+    """One categorical column as (float32 [rows, columns], their names, its levels for an
+    embedding or 0). Its levels are those of the meta-train rows, in sorted order; a level no
+    meta-train row has (a new county type, a blank unseen in meta-train) is read as one unknown
+    level, counted in one line.
+
+    onehot: an indicator column "name=level" for every level but the first, the reference level
+    (treatment coding, as R's contr.treatment and patsy code it): beside a linear model's
+    intercept, indicators of every level sum to one in every row and make OLS and MixedLM
+    singular. An unknown level's row holds the meta-train share of each level: a linear model
+    predicts it as the average over the known levels (all zeros would read it as the reference
+    level). embedding: the level's index as a float (the unknown level: the last index), for
+    an nn.Embedding of levels + 1 rows (metalearn/models/backbones.py, MLP)."""
+    levels = sorted_levels(values.iloc[train_rows].unique().tolist())
+    codes = pd.Index(levels, dtype=object).get_indexer(values)
+    unknown = codes < 0
+    if unknown.any():
+        unseen = sorted_levels(values[unknown].unique().tolist())
+        shown = ", ".join(map(str, unseen[:SHOWN_ROWS])) + (", ..." if len(unseen) > SHOWN_ROWS
+                                                            else "")
+        log.warning("feature column %r holds %d level%s that no meta-train row has (%s) at %s: "
+                    "read as one unknown level", name, len(unseen), "s" * (len(unseen) > 1),
+                    shown, row_list(unknown))
+    if encoding == "embedding":
+        codes = np.where(unknown, len(levels), codes)
+        return codes[:, None].astype(np.float32), [name], len(levels) + 1
+    indicators = (codes[:, None] == np.arange(1, len(levels))).astype(np.float32)
+    indicators[unknown] = indicators[train_rows].mean(0)
+    return indicators, [f"{name}={level}" for level in levels[1:]], 0
 
 
 def assign_splits(row_keys: pd.Series, split: pd.Series | None, what: str,
@@ -382,20 +616,25 @@ def standardizer(train_features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class FeatureClassification(ClassificationTaskFamily):
-    """N-way K-shot tasks over a table's labels; see the module docstring."""
+    """N-way K-shot tasks over a table's labels; see the module docstring. Constant columns are
+    kept: harmless to a network, and no linear model is fitted to these tasks."""
 
     drops_small_classes = True
 
     def __init__(self, table: pd.DataFrame, path: str, label_column: str,
                  split_column: str | None, feature_columns: Sequence[str] | None,
                  ignore_columns: Sequence[str], standardize: bool,
-                 split_fractions: Sequence[float], split_seed: int, min_examples: int | None):
+                 split_fractions: Sequence[float], split_seed: int, min_examples: int | None,
+                 categorical_columns: Sequence[str] | None = None,
+                 categorical_encoding: str = "onehot", missing: str = "refuse"):
+        settings = ColumnSettings(categorical_columns, categorical_encoding, missing,
+                                  standardize).checked()
         roles = role_columns(label_column=label_column, split_column=split_column)
         labels = key_column(table, path, "label_column", label_column)
         split = key_column(table, path, "split_column", split_column)
         names = FeatureChoice(table, roles, "label_column").columns(feature_columns,
                                                                     ignore_columns)
-        features = feature_matrix(table, names, path)
+        kept = np.arange(len(table))  # the rows of the labels kept
         if min_examples is not None:
             counts = labels.value_counts()
             small = counts[counts < min_examples]
@@ -403,12 +642,13 @@ class FeatureClassification(ClassificationTaskFamily):
                 log.warning("dataset.min_examples=%d leaves out %d labels: %s", min_examples,
                             len(small), ", ".join(f"{k} ({n})" for k, n in small.items()))
                 keep = ~labels.isin(small.index).values
-                labels, features = labels[keep], features[keep]
+                labels, kept = labels[keep], kept[keep]
                 split = None if split is None else split[keep]
         parts = assign_splits(labels, split, "label", split_fractions, split_seed)
-        if standardize:
-            mean, std = standardizer(features[grouped(labels, parts["train"])[0]])
-            features = (features - mean) / std
+        encoded = encode_features(table, names, path, kept[grouped(labels, parts["train"])[0]],
+                                  settings, drop_constant=False)
+        features = encoded.values[kept]
+        self.feature_names, self.categories = tuple(encoded.names), encoded.categories
         splits = {}
         for name, keys in parts.items():
             rows, offsets = grouped(labels, keys)
@@ -417,19 +657,21 @@ class FeatureClassification(ClassificationTaskFamily):
         super().__init__(splits)
 
 
-class FeatureRegression(TaskFamily):
-    """One task per group of rows (`task_column`), regressing `target_column` on the features:
-    K support and Q query rows of the group, drawn without replacement. With
-    `standardize_target` the targets are centred and scaled by the meta-train rows' mean and
-    deviation (`target_scale`): the default learning rates then suit targets in any units."""
-
-    task_type = "regression"
-    output_dim = 1
+class FeatureRegression(GroupedRegression):
+    """One task per group of rows (`task_column`), regressing `target_column` on the features
+    (`encode_features`: categorical columns, blanks, constant columns, standardisation, all from
+    the meta-train rows). With `standardize_target` the targets are centred and scaled by the
+    meta-train rows' mean and deviation (`target_offset`, `target_scale`): the default learning
+    rates then suit targets in any units."""
 
     def __init__(self, table: pd.DataFrame, path: str, task_column: str, target_column: str,
                  split_column: str | None, feature_columns: Sequence[str] | None,
                  ignore_columns: Sequence[str], standardize: bool, standardize_target: bool,
-                 split_fractions: Sequence[float], split_seed: int):
+                 split_fractions: Sequence[float], split_seed: int,
+                 categorical_columns: Sequence[str] | None = None,
+                 categorical_encoding: str = "onehot", missing: str = "refuse"):
+        settings = ColumnSettings(categorical_columns, categorical_encoding, missing,
+                                  standardize).checked()
         roles = role_columns(task_column=task_column, target_column=target_column,
                              split_column=split_column)
         groups = key_column(table, path, "task_column", task_column)
@@ -437,81 +679,20 @@ class FeatureRegression(TaskFamily):
         targets = target_column_values(table, path, target_column)[:, None]
         names = FeatureChoice(table, roles, "target_column", task_column).columns(
             feature_columns, ignore_columns)
-        features = feature_matrix(table, names, path)
         parts = assign_splits(groups, split, "task", split_fractions, split_seed)
         train_rows = grouped(groups, parts["train"])[0]
-        if standardize:
-            mean, std = standardizer(features[train_rows])
-            features = (features - mean) / std
-        self.scale = 1.0
+        encoded = encode_features(table, names, path, train_rows, settings, drop_constant=True)
+        offset, scale = 0.0, 1.0
         if standardize_target:
             mean, std = standardizer(targets[train_rows])
-            targets, self.scale = (targets - mean) / std, float(std[0])
-        self.splits = {}
+            targets, offset, scale = (targets - mean) / std, float(mean[0]), float(std[0])
+        splits = {}
         for name, keys in parts.items():
             rows, offsets = grouped(groups, keys)
-            self.splits[name] = (ClassExamples(torch.from_numpy(np.ascontiguousarray(
-                features[rows])), offsets, tuple(map(str, keys))),
-                torch.from_numpy(targets[rows]))
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return self.splits["train"][0].example_shape
-
-    @property
-    def target_scale(self) -> float:
-        return self.scale
-
-    def split_record(self) -> dict[str, list[str]]:
-        """The groups (tasks) of each split, by name."""
-        return {split: list(data.names) for split, (data, _) in self.splits.items()}
-
-    def smallest_group(self) -> tuple[str, int]:
-        """The name and row count of the smallest task (group), of any split."""
-        groups = min((data for data, _ in self.splits.values()),
-                     key=lambda data: int(data.counts.min()))
-        index = int(groups.counts.argmin())
-        return groups.names[index], int(groups.counts[index])
-
-    def check_fits(self, episode: EpisodeSettings, name: str) -> None:
-        """A task's support and query rows are distinct rows of its group. One support row, the
-        default made for classification, is named: a regression task rarely adapts from it."""
-        group, rows = self.smallest_group()
-        queries = [("query_size", episode.query_size)]
-        if episode.train_query_size:
-            queries.append(("train_query_size", episode.train_query_size))
-        for key, query_size in queries:
-            needed = episode.k_shot + query_size
-            if needed > rows:
-                raise UserError(f"episode.k_shot + episode.{key} = {needed} is more than the "
-                                f"{rows} rows of task {group!r}, the table's smallest; use at "
-                                f"most {rows} together")
-        suggested = min(10, rows // 2)  # the sinusoid's 10 + 10, where the groups hold as many
-        if episode.k_shot == 1 and suggested > 1:
-            log.warning("episode.k_shot=1: each task adapts from one row of its group (the "
-                        "default, made for classification); for per-group regression set, e.g., "
-                        "episode.k_shot=%d episode.query_size=%d (the smallest group has %d rows)",
-                        suggested, suggested, rows)
-
-    def num_classes(self, split: str) -> int:
-        """The tasks (groups) of a split."""
-        return self.splits[split][0].num_classes
-
-    def sample(self, split: str, shape: TaskShape, batch_size: int,
-               generator: torch.Generator) -> TaskBatch:
-        data, targets = self.splits[split]
-        _, k_shot, query_size = shape
-        group = torch.randint(data.num_classes, (batch_size,), generator=generator)
-        counts = data.counts[group]
-        most = int(counts.max())
-        order = torch.rand(batch_size, most, generator=generator)
-        order.masked_fill_(torch.arange(most) >= counts.unsqueeze(-1), 2.0)
-        rows = data.offsets[group].unsqueeze(-1) + order.topk(k_shot + query_size, dim=1,
-                                                               largest=False).indices
-        x, y = gather(data.examples, rows), gather(targets, rows)
-        # classes: each task's group, for the count of test groups and their interval
-        return TaskBatch(x[:, :k_shot], y[:, :k_shot], x[:, k_shot:], y[:, k_shot:],
-                         group.unsqueeze(1))
+            splits[name] = GroupedRows(torch.from_numpy(np.ascontiguousarray(encoded.values[rows])),
+                                       torch.from_numpy(targets[rows]), offsets,
+                                       tuple(map(str, keys)))
+        super().__init__(splits, encoded.names, offset, scale, encoded.categories)
 
 
 def feature_table(path: str, label_column: str | None = "label", task_column: str | None = None,
@@ -520,7 +701,9 @@ def feature_table(path: str, label_column: str | None = "label", task_column: st
                   ignore_columns: Sequence[str] = (), standardize: bool = False,
                   standardize_target: bool = True,
                   split_fractions: Sequence[float] = (0.64, 0.16, 0.20), split_seed: int = 0,
-                  min_examples: int | None = None) -> TaskFamily:
+                  min_examples: int | None = None,
+                  categorical_columns: Sequence[str] | None = None,
+                  categorical_encoding: str = "onehot", missing: str = "refuse") -> TaskFamily:
     """The tasks of a feature table (`dataset=features`): regression when `task_column` is given
     (with `target_column`), classification over `label_column` otherwise. See the module
     docstring."""
@@ -530,13 +713,14 @@ def feature_table(path: str, label_column: str | None = "label", task_column: st
                             "dataset.target_column")
         return regression_table(path, task_column, target_column, split_column, feature_columns,
                                 ignore_columns, standardize, standardize_target, split_fractions,
-                                split_seed)
+                                split_seed, categorical_columns, categorical_encoding, missing)
     if label_column is None:
         raise UserError("dataset.label_column (classification) or dataset.task_column and "
                         "dataset.target_column (regression) must be set")
     return FeatureClassification(read_table(path), path, label_column, split_column,
                                  feature_columns, ignore_columns, standardize, split_fractions,
-                                 split_seed, min_examples)
+                                 split_seed, min_examples, categorical_columns,
+                                 categorical_encoding, missing)
 
 
 def regression_table(path: str, task_column: str, target_column: str,
@@ -544,9 +728,12 @@ def regression_table(path: str, task_column: str, target_column: str,
                      ignore_columns: Sequence[str] = (), standardize: bool = False,
                      standardize_target: bool = True,
                      split_fractions: Sequence[float] = (0.64, 0.16, 0.20),
-                     split_seed: int = 0) -> FeatureRegression:
+                     split_seed: int = 0, categorical_columns: Sequence[str] | None = None,
+                     categorical_encoding: str = "onehot",
+                     missing: str = "refuse") -> FeatureRegression:
     """The per-group regression tasks of a feature table (`dataset=features_regression`, whose
     config also sets a regression task shape)."""
     return FeatureRegression(read_table(path), path, task_column, target_column, split_column,
                              feature_columns, ignore_columns, standardize, standardize_target,
-                             split_fractions, split_seed)
+                             split_fractions, split_seed, categorical_columns,
+                             categorical_encoding, missing)

@@ -88,6 +88,12 @@ class TaskFamily(ABC):
         is the reported MSE times its square."""
         return 1.0
 
+    def episode_metrics(self, predictions: Tensor, targets: Tensor) -> dict[str, Tensor]:
+        """More per-episode scores [B] by name, beside the protocol's accuracy or MSE, from an
+        evaluation's predictions [B, Q, ...] and query targets [B, Q, ...]: what the family's
+        users read (errors in the original units, a ranking metric). None by default."""
+        return {}
+
     @property
     def tokenizer(self) -> Tokenizer | None:
         """The tokenizer that made a text family's token ids (metalearn/data/tokenizers.py);

@@ -220,15 +220,18 @@ class EpisodeScores(nn.Module):
 class MetaTest(L.LightningModule):
     """Lightning's test loop over a data module's test episodes, scored by `episode_scores` with
     the given test-time options, recording each episode's details (classes, the score of each
-    class's queries, collapse). After `trainer.test(MetaTest(model, ...), datamodule=...)`,
-    `results` holds the summary (`EpisodeScores.summary`, MSE times `score_scale`) and
-    `per_episode` each episode's score, in episode order."""
+    class's queries, collapse), and the data's own `metrics` of each episode where given
+    (TaskFamily.episode_metrics: errors in the original units, nDCG). After
+    `trainer.test(MetaTest(model, ...), datamodule=...)`, `results` holds the summary
+    (`EpisodeScores.summary`, MSE times `score_scale`) and `per_episode` each episode's score,
+    in episode order."""
 
     def __init__(self, model: EpisodicModel, steps: int | None = None,
-                 augmentation: Augmentation | None = None, score_scale: float = 1.0):
+                 augmentation: Augmentation | None = None, score_scale: float = 1.0,
+                 metrics: Callable[[Tensor, Tensor], dict[str, Tensor]] | None = None):
         super().__init__()
         self.model, self.steps, self.augmentation = model, steps, augmentation
-        self.score_scale = score_scale
+        self.score_scale, self.metrics = score_scale, metrics
         self.scores = EpisodeScores()
         self.results: Summary = {}
         self.per_episode: Tensor | None = None
@@ -238,8 +241,11 @@ class MetaTest(L.LightningModule):
         generator = (None if self.augmentation is None
                      else seeded_generator(self.augmentation.views, batch_idx))
         predictions = predict(self.model, batch, self.steps, self.augmentation, generator)
+        scores = scores_of(self.model, batch, predictions)
+        if self.metrics is not None:
+            scores |= self.metrics(predictions, batch.query_y)
         self.scores.update(
-            scores_of(self.model, batch, predictions), batch.classes,
+            scores, batch.classes,
             class_scores(self.model, batch, predictions),
             collapsed_episodes(predictions, batch.query_y, self.model.score_name))
 

@@ -310,6 +310,26 @@ def transfer_rows(name: str, transfer: Mapping) -> list[dict[str, str]]:
     ]
 
 
+def baseline_rows(baselines: Mapping) -> tuple[list[str], list[dict[str, str]]]:
+    """The columns and rows of the classical baselines' table: each baseline's scores with their
+    intervals, then the model's paired MSE difference to it and the tests' p-values."""
+    scores = [key for key in next(iter(baselines.values()))
+              if key.startswith("test_") and not key.endswith("_ci95")]
+    columns = ["baseline", *scores, "model - baseline MSE (paired 95% CI)", "p (t-test)",
+               "p (Wilcoxon)"]
+    rows = []
+    for name, entry in baselines.items():
+        paired = entry["model_minus_baseline_mse"]
+        rows.append({"baseline": name,
+                     **{key: interval_text("mse", entry[key], entry[f"{key}_ci95"], PLUS_MINUS)
+                        for key in scores},
+                     columns[-3]: gain_text("mse", paired["difference"],
+                                            paired["difference_ci95"], PLUS_MINUS),
+                     columns[-2]: p_value_text(paired["p_ttest"]),
+                     columns[-1]: p_value_text(paired["p_wilcoxon"])})
+    return columns, rows
+
+
 def warning_lines(warnings: Sequence[str]) -> list[str]:
     """The warnings as a Markdown quote, one item each, then a blank line (none: no lines)."""
     if not warnings:
@@ -333,6 +353,12 @@ def results_table(record: Mapping) -> str:
         if "by_steps" in shot:
             lines += ["", f"## Adaptation speed ({shot['k_shot']}-shot)", ""]
             lines += scores_table("inner_steps", shot["by_steps"], name)
+        if shot.get("baselines"):
+            lines += ["", f"## Classical baselines on the same episodes ({shot['k_shot']}-shot)",
+                      ""]
+            lines += markdown_table(*baseline_rows(shot["baselines"]))
+            lines += ["", f"Strongest baseline: {shot['best_baseline']}; a negative difference "
+                      "is a lower MSE for the model."]
         if "transfer_gain" in shot:
             lines += ["", f"## Transfer gain ({shot['k_shot']}-shot)", ""]
             lines += markdown_table(["result", "value"],

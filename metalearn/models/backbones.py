@@ -9,6 +9,7 @@ it once.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from itertools import pairwise
 
 import torch
@@ -77,18 +78,44 @@ class Conv4(nn.Module):
 
 
 class MLP(nn.Module):
-    """Fully connected ReLU network; the MAML paper's sinusoid learner uses hidden_sizes=[40, 40]."""
+    """Fully connected ReLU network; the MAML paper's sinusoid learner uses hidden_sizes=[40, 40].
 
-    def __init__(self, input_shape: tuple[int, ...], hidden_sizes: tuple[int, ...] = (40, 40)):
+    Categorical columns fed as integer codes (a feature table's
+    dataset.categorical_encoding=embedding) are the last len(`categories`) inputs, `categories`
+    holding each one's number of levels (the build passes the dataset's): each code is looked up
+    in its own nn.Embedding and the vectors replace the codes before the first Linear layer (the
+    entity embeddings of Guo & Berkhahn 2016). `embedding_dim`: the width of every embedding,
+    or None for fastai's rule, min(600, round(1.6 * levels ** 0.56)) (3 for 3 levels, 19 for
+    86). The forward pass is indexing, lookups and a concatenation: pure, so MAML's
+    functional_call and vmap adapt the embeddings with the rest.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], hidden_sizes: tuple[int, ...] = (40, 40),
+                 categories: Sequence[int] = (), embedding_dim: int | None = None):
         super().__init__()
-        sizes = [math.prod(input_shape)] + list(hidden_sizes)
-        layers: list[nn.Module] = [nn.Flatten()]
+        inputs = math.prod(input_shape)
+        if len(categories) > inputs:
+            raise UserError(f"{len(categories)} categorical columns are more than the "
+                            f"{inputs} inputs of shape {tuple(input_shape)}")
+        if embedding_dim is not None and embedding_dim < 1:
+            raise UserError(f"backbone.embedding_dim={embedding_dim} must be a whole number >= 1 "
+                            "(or null for a width by the number of levels)")
+        widths = [embedding_dim or min(600, round(1.6 * levels ** 0.56)) for levels in categories]
+        self.embeddings = nn.ModuleList(nn.Embedding(levels, width)
+                                        for levels, width in zip(categories, widths))
+        sizes = [inputs - len(categories) + sum(widths)] + list(hidden_sizes)
+        layers: list[nn.Module] = []
         for a, b in pairwise(sizes):
             layers += [nn.Linear(a, b), nn.ReLU()]
-        self.layers = nn.Sequential(*layers)
+        self.layers = nn.Sequential(nn.Flatten(), *layers)
         self.out_features = sizes[-1]
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.embeddings:
+            x = x.flatten(1)
+            numbers, codes = x[:, :-len(self.embeddings)], x[:, -len(self.embeddings):].long()
+            x = torch.cat([numbers, *(embedding(codes[:, index])
+                                      for index, embedding in enumerate(self.embeddings))], dim=1)
         return self.layers(x)
 
 

@@ -102,8 +102,11 @@ def instantiate_run(cfg: DictConfig, model: nn.Module | None = None,
         raise UserError(f"this config's backbone is {component_name(cfg.backbone)}, not a "
                         "user-defined network; build it without model=")
     backbone_args = {"model": model} if model is not None else {}
-    if "tokenizer" in accepted_arguments(get_object(cfg.backbone._target_)):
+    accepted = accepted_arguments(get_object(cfg.backbone._target_))
+    if "tokenizer" in accepted:
         backbone_args["tokenizer"] = tasks.tokenizer  # a text encoder's vocabulary
+    if "categories" in accepted:  # a table's categorical columns fed as codes, to embed
+        backbone_args["categories"] = getattr(tasks, "categories", ())
     backbone = instantiate_checked(cfg.backbone, input_shape=tasks.input_shape, **backbone_args)
     output_dim = cfg.episode.n_way if tasks.task_type == "classification" else tasks.output_dim
     data_args = {}

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # the data's classes import torch, which the value checks do 
 #: the constructor arguments the builder passes, by config group
 INJECTED_ARGUMENTS = {
     "dataset": ("tokenizer",),
-    "backbone": ("input_shape", "tokenizer"),
+    "backbone": ("input_shape", "tokenizer", "categories"),
     "episode": ("tasks", "training_stream"),
     "algorithm": ("backbone", "task_type", "output_dim", "train_classes"),
 }
@@ -134,6 +134,12 @@ def not_a_setting(cfg: DictConfig, key: str) -> UserError:
     if match:
         return UserError(f"{key} is not a setting{owner}; did you mean "
                          f"{f'{path}.' if path else ''}{match[0]}?")
+    if path == "baselines":  # a mapping of names, each checked when built
+        return UserError(f"{key} is not among this config's baselines "
+                         f"({', '.join(candidates) or 'none'}): add it with +{key}={{}}")
+    if not candidates:  # an empty node, such as baselines.mixed_model: {}
+        return UserError(f"{key} is not a setting{owner}, which holds none yet: add it with "
+                         f"+{key}=VALUE")
     # the settings beside it, not the groups (a key of the top level is no group)
     listed = [other for other in candidates if not isinstance(beside.get(other), dict)]
     return UserError(f"{key} is not a setting{owner}; its settings are: "
@@ -148,8 +154,9 @@ def check_added_keys(cfg: DictConfig, keys: Iterable[str]) -> None:
     config that is built (for eval.py, the checkpoint's)."""
     for key in keys:
         path, _, name = key.rpartition(".")
-        if path in BUILT_GROUPS or key.startswith("hydra.") or name.startswith("_"):
-            continue
+        if (path in BUILT_GROUPS or key.startswith(("hydra.", "baselines."))
+                or name.startswith("_")):
+            continue  # baselines are checked when built (run/classical_scores.py)
         node = OmegaConf.select(cfg, path) if path else cfg
         added = OmegaConf.select(cfg, key)
         if isinstance(added, DictConfig) and "_target_" in added:

@@ -182,8 +182,10 @@ def meta_test_scores(trainer: L.Trainer, model: EpisodicModule, datamodule: Epis
     """Tests the model on the data module's test episodes by the evaluation protocol (with
     `steps` inner steps and test-time `augmentation` where given): the summary (test/acc,
     test/acc_ci95, test/episodes, the extra scores) and each episode's score, in episode order;
-    an MSE in the targets' own units (a family that standardised them reports its scale)."""
+    an MSE in the targets' own units (a family that standardised them reports its scale), and
+    the family's own metrics of each episode (TaskFamily.episode_metrics)."""
     meta_test = MetaTest(model, steps, augmentation,
-                         score_scale=datamodule.tasks.target_scale ** 2)
+                         score_scale=datamodule.tasks.target_scale ** 2,
+                         metrics=datamodule.tasks.episode_metrics)
     trainer.test(meta_test, datamodule=datamodule, verbose=False)
     return meta_test.results, meta_test.per_episode

