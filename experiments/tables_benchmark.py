@@ -13,8 +13,8 @@ For every dataset and support size k: each meta-learner is trained by train.py f
 meta-val checkpoint) on the fixed test episodes (eval_seed 0), where the classical baselines are
 scored on the same episodes (`baselines`, metalearn/run/classical_scores.py) with the paired
 difference of the model's MSE to each. One plot per dataset of the MSE against k.
-    python experiments/tables_benchmark.py [--minutes 1] [--jobs 2] [--datasets radon,...]
-        [--shots 1,3,5]
+    python experiments/tables_benchmark.py [--minutes 0.75] [--jobs 2] [--datasets radon,...]
+        [--shots 1,3,5] [--methods maml,...] [--rows earlier.json]
 """
 
 from __future__ import annotations
@@ -247,11 +247,15 @@ def plot(rows: list[dict], dataset: str, shots: list[int], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=1.0, help="CPU minutes per training")
+    parser.add_argument("--minutes", type=float, default=0.75,
+                        help="CPU minutes per training")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once")
     parser.add_argument("--datasets",
                         default="radon,mathachieve,sleepstudy,movielens,movielens_liked")
     parser.add_argument("--shots", default="1,3,5")
+    parser.add_argument("--methods", help="comma-separated method names to run (default: all)")
+    parser.add_argument("--rows", help="the .json of an earlier run whose rows to report too "
+                                       "(those rerun here are replaced)")
     parser.add_argument("--out", default=str(RESULTS / "tables.md"))
     args = parser.parse_args()
     shots = [int(k) for k in args.shots.split(",")]
@@ -259,11 +263,16 @@ def main() -> None:
         work = Path(scratch)
         overrides = write_tables(work)
         jobs = [(dataset, method, k_shot) for dataset in args.datasets.split(",")
-                for k_shot in shots for method in METHODS.get(dataset, GROUPED)]
+                for k_shot in shots for method in METHODS.get(dataset, GROUPED)
+                if not args.methods or method[0] in args.methods.split(",")]
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = [pool.submit(run_job, dataset, overrides[dataset], method, k_shot,
                                    args.minutes, work) for dataset, method, k_shot in jobs]
             rows = [future.result() for future in futures]
+    if args.rows:
+        rerun = {(row["dataset"], row["algorithm"], row["k_shot"]) for row in rows}
+        rows = [row for row in json.loads(Path(args.rows).read_text())
+                if (row["dataset"], row["algorithm"], row["k_shot"]) not in rerun] + rows
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     for dataset in dict.fromkeys(row["dataset"] for row in rows):

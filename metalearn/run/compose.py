@@ -174,7 +174,8 @@ def composition_error(error: HydraException, overrides: list[str],
                   if override.key_or_group != key
                   and not override.key_or_group.startswith(f"{key}.")
                   # a node assigned whole (baselines={a: ...}) that brought the key
-                  and not key.startswith(f"{override.key_or_group}.")]
+                  and not (key.startswith(f"{override.key_or_group}.")
+                           and isinstance(override.value(), dict))]
         # what the config holds without the key (it may raise the next mistake instead)
         return not_a_setting(hydra_compose(others, config_name), key)
     return UserError(one_line(str(error)))
