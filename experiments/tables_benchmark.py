@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -228,17 +229,32 @@ def plot(rows: list[dict], dataset: str, shots: list[int], path: Path) -> None:
     """The MSE (accuracy for classification) with its 95% interval against k for every method of
     one dataset."""
     methods: dict[str, list[tuple[int, float, float]]] = {}
-    score = "mse"
+    baselines, score = set(), "mse"
     for k_shot in shots:
         for entry in method_rows(rows, dataset, k_shot):
             score = "mse" if "test_mse" in entry else "acc"
             if entry.get(f"test_{score}") is not None:
                 methods.setdefault(entry["method"], []).append(
                     (k_shot, entry[f"test_{score}"], entry.get(f"test_{score}_ci95") or 0.0))
-    figure, axes = plt.subplots(figsize=(6, 4))
+            if entry["kind"] == "baseline":
+                baselines.add(entry["method"])
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    # a fit that explodes (least squares on fewer rows than coefficients) would flatten the rest:
+    # the chart stops at 1.5 times the global mean's error, the error of knowing nothing
+    top = 1.5 * max((mean for _, mean, _ in methods.get("global_mean", [])), default=math.inf)
     for name, points in methods.items():
         ks, means, cis = zip(*points)
-        axes.errorbar(ks, means, yerr=cis, marker="o", capsize=3, label=name)
+        baseline = name in baselines  # dashed, square markers: the classical references
+        label = f"{name} (baseline)" if baseline else name
+        if max(means) > top:
+            label += ", above the chart at k = " + ", ".join(
+                str(k) for k, mean in zip(ks, means) if mean > top)
+        axes.errorbar(ks, means, yerr=cis, marker="s" if baseline else "o", capsize=3,
+                      linestyle="--" if baseline else "-", label=label)
+    if math.isfinite(top):
+        shown = [mean - ci for points in methods.values() for _, mean, ci in points
+                 if mean <= top]
+        axes.set_ylim(max(0.0, 0.95 * min(shown)), top)
     label = "test MSE (original units)" if score == "mse" else "test accuracy"
     axes.set(xlabel="support rows per group (k; per label for liked/not)", ylabel=label,
              title=f"{dataset}: new users or groups against k", xticks=shots)
