@@ -1,5 +1,5 @@
 """Biased matrix factorisation by alternating least squares, and the fold-in of a new user: the
-recommender's classical answer to a cold-start user (issue 25's `mf_fold_in` baseline,
+recommender's classical answer to a cold-start user (the `mf_fold_in` baseline,
 metalearn/evaluation/classical.py).
 
 A rating is modelled as r_ui ~ mean + b_u + b_i + p_u . q_i (Koren, Bell & Volinsky, "Matrix
