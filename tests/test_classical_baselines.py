@@ -13,6 +13,7 @@ import torch
 from sklearn.linear_model import LinearRegression, Ridge
 
 from metalearn.data.grouped import GroupedRows
+from metalearn.data.matrix_factorization import fold_in
 from metalearn.errors import UserError
 from metalearn.evaluation import classical
 from metalearn.evaluation.classical import (
@@ -28,7 +29,6 @@ from metalearn.evaluation.classical import (
     baseline_predictions,
 )
 from metalearn.evaluation.statistics import paired_difference
-from metalearn.models.matrix_factorization import fold_in
 
 RADON = ["basement", "uranium"]
 

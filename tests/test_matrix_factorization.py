@@ -1,11 +1,11 @@
-"""Biased matrix factorisation by ALS and fold-in (metalearn/models/matrix_factorization.py):
+"""Biased matrix factorisation by ALS and fold-in (metalearn/data/matrix_factorization.py):
 recovery of held-out ratings of a noisy low-rank matrix, the objective's descent, and fold-in
 against the normal equations solved by np.linalg.lstsq."""
 
 import numpy as np
 import pytest
 
-from metalearn.models.matrix_factorization import (
+from metalearn.data.matrix_factorization import (
     BiasedMF,
     fit_biased_mf,
     fold_in,

@@ -17,7 +17,7 @@ content (the genres, multi-hot; the release year, standardised on the meta-train
 missing one given the meta-train mean) and the user's demographics where the release has them
 (ml-100k: gender, age and occupation; ml-1m: gender, age group and occupation code, all one-hot;
 ml-latest-small has none). With `movie_embedding` = D > 0, also each movie's bias and D factors
-from a biased matrix factorisation (metalearn/models/matrix_factorization.py) fitted on the
+from a biased matrix factorisation (metalearn/data/matrix_factorization.py) fitted on the
 meta-train users' ratings only: what the ratings of known users say about a movie. A movie that
 no meta-train user rated gets zeros (counted in one line).
 
@@ -48,10 +48,10 @@ from torch import Tensor
 from metalearn.data.episodes import ExampleBatch, TaskBatch, TaskShape, gather
 from metalearn.data.features import assign_splits
 from metalearn.data.grouped import GroupedRegression, GroupedRows, RowsByGroup
+from metalearn.data.matrix_factorization import fit_biased_mf
 from metalearn.data.ranking import ndcg_at_k
 from metalearn.data.task_family import EpisodeSettings, TaskFamily
 from metalearn.errors import UserError, check_finite_number, check_whole_number
-from metalearn.models.matrix_factorization import fit_biased_mf
 
 log = logging.getLogger(__name__)
 GROUPLENS = "https://grouplens.org/datasets/movielens/"

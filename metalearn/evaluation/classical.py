@@ -12,7 +12,7 @@ on exactly the learners' episodes.
   new group predicted by its conditional mode (BLUP) given its support rows: the statistician's
   answer, which pools the groups through the estimated spread of their intercepts and slopes.
 - mf_fold_in: biased matrix factorisation on the meta-train users, the new user folded in from
-  their support ratings (metalearn/models/matrix_factorization.py): the recommender's answer.
+  their support ratings (metalearn/data/matrix_factorization.py): the recommender's answer.
 
 Features and targets are the learners' (standardised); predictions are in the same units.
 """
@@ -32,8 +32,8 @@ import torch
 from torch import Tensor
 
 from metalearn.data.grouped import GroupedRows
+from metalearn.data.matrix_factorization import fit_biased_mf, fold_in
 from metalearn.errors import UserError, check_positive_number, check_whole_number
-from metalearn.models.matrix_factorization import fit_biased_mf, fold_in
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ class MFFoldIn(ClassicalBaseline):
     """Biased matrix factorisation (ALS) on the meta-train users' ratings, each meta-train group
     a user; a new user folded in from their support ratings (their items and targets), the item
     side fixed, and their query items predicted. The defaults are measured on ml-latest-small
-    (metalearn/models/matrix_factorization.py): `reg` and `bias_reg` penalise the training
+    (metalearn/data/matrix_factorization.py): `reg` and `bias_reg` penalise the training
     factors and biases, `fold_in_reg` and `fold_in_bias_reg` a new user's."""
 
     name = "mf_fold_in"
