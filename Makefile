@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml scripts/install_learn2learn.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	bash scripts/install_learn2learn.sh $(PY)
-	$(PY) -m pip install -q -e '.[dev,text,tables]'
+	$(PY) -m pip install -q -e '.[dev,text,tables,rl,mujoco]'
 	# wordllama holds the pretrained text encoder's weights; its own code (not used) needs numpy 2
 	$(PY) -m pip install -q --no-deps wordllama==0.4.0.post1
 	touch $(STAMP)

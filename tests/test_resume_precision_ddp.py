@@ -107,6 +107,10 @@ def test_the_stream_position_is_saved_and_resumes_inside_the_epoch(tmp_path):
     assert list(loader.sampler) == list(range(13, 20))  # without set_epoch, as Lightning resumes
     loader.sampler.set_epoch(2)  # later epochs are whole again
     assert list(loader.sampler) == list(range(20, 30))
+    # resumed at the end of an epoch, Lightning makes the iterator before it calls set_epoch
+    items = iter(loader.sampler)
+    loader.sampler.set_epoch(3)
+    assert list(items) == list(range(30, 40))
 
 
 # Mixed precision -------------------------------------------------------------------------------

@@ -100,7 +100,9 @@ class EpochSampler(Sampler[int]):
     """Yields items epoch * n .. epoch * n + n - 1, so every epoch meets fresh tasks.
 
     Lightning calls set_epoch at the start of each training epoch. A run resumed in the middle
-    of an epoch starts from `resume_from`, the next item of the interrupted run, once.
+    of an epoch starts from `resume_from`, the next item of the interrupted run, once. The items
+    are decided when the first is asked for, not when the iterator is made: a run resumed at
+    the end of an epoch has its iterator made before set_epoch names the next epoch.
     """
 
     def __init__(self, items_per_epoch: int, resume_from: int | None = None):
@@ -113,12 +115,12 @@ class EpochSampler(Sampler[int]):
         return self.items_per_epoch
 
     def __iter__(self):
-        start = self.epoch * self.items_per_epoch
+        start = self.epoch * self.items_per_epoch  # a generator: run at the first next()
         if self.resume_from is not None:
             # Lightning does not call set_epoch when it resumes inside an epoch
             self.epoch, start = self.resume_from // self.items_per_epoch, self.resume_from
             self.resume_from = None
-        return iter(range(start, (self.epoch + 1) * self.items_per_epoch))
+        yield from range(start, (self.epoch + 1) * self.items_per_epoch)
 
 
 class ResumableLoader(DataLoader):

@@ -115,7 +115,7 @@ def write_learning_curves(output_dir: Path, trainer: L.Trainer, title: str = "")
 
 
 Point = tuple[float, float, float | None]  # x, the mean score, its 95% interval's half-width
-SCORE_LABELS = {"acc": "meta-test accuracy", "mse": "meta-test MSE"}
+SCORE_LABELS = {"acc": "meta-test accuracy", "mse": "meta-test MSE", "return": "average return"}
 
 
 def point(x: float, entry: Mapping, name: str) -> Point:

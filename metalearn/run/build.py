@@ -23,14 +23,18 @@ from metalearn.run.config_check import (
     accepted_arguments,
     check_algorithm_fits,
     check_episode_fits,
+    check_task_type,
     validate,
 )
 
 if TYPE_CHECKING:  # building imports Lightning only through the classes it instantiates
+    from lightning import LightningModule
     from torch import nn
 
     from metalearn.algorithms.base import EpisodicModule
     from metalearn.data.datamodule import EpisodicDataModule
+    from metalearn.data.env_family import EnvFamily
+    from metalearn.data.rl_datamodule import EnvDataModule
     from metalearn.data.task_family import TaskFamily
     from metalearn.data.tokenizers import Tokenizer
 
@@ -93,6 +97,8 @@ def instantiate_run(cfg: DictConfig, model: nn.Module | None = None,
     `tasks`: the task family when it is already at hand (a TaskSampler's); otherwise the config's
     dataset, instantiated (`instantiate_dataset`, texts encoded by `tokenizer` where given).
     """
+    if cfg.get("env") is not None:
+        return instantiate_rl_run(cfg, tasks)
     if tasks is None:
         tasks = instantiate_dataset(cfg, tokenizer)
     check_algorithm_fits(cfg, tasks)
@@ -115,6 +121,20 @@ def instantiate_run(cfg: DictConfig, model: nn.Module | None = None,
     algorithm = instantiate_checked(cfg.algorithm, backbone=backbone, task_type=tasks.task_type,
                                     output_dim=output_dim, **data_args)
     return build_datamodule(cfg, tasks, algorithm), algorithm
+
+
+def instantiate_rl_run(cfg: DictConfig, envs: EnvFamily | None = None,
+                       ) -> tuple[EnvDataModule, LightningModule]:
+    """Meta-reinforcement learning: the env family (`envs` where at hand), the policy built for
+    its observation and action spaces, the algorithm that rolls it out in the family's
+    environments, and the data module of tasks."""
+    if envs is None:
+        envs = instantiate_checked(cfg.env)
+    check_task_type(cfg, envs.task_type)
+    policy = instantiate_checked(cfg.backbone, observation_space=envs.observation_space,
+                                 action_space=envs.action_space)
+    algorithm = instantiate_checked(cfg.algorithm, backbone=policy, envs=envs)
+    return instantiate(cfg.episode, tasks=envs), algorithm
 
 
 def instantiate_dataset(cfg: DictConfig, tokenizer: Tokenizer | None = None) -> TaskFamily:

@@ -26,7 +26,7 @@ from metalearn.data.task_family import TaskFamily
 from metalearn.errors import UserError
 from metalearn.evaluation.classical import BASELINES, ClassicalBaseline, baseline_predictions
 from metalearn.evaluation.statistics import mean_and_ci95, paired_difference
-from metalearn.paths import component_name
+from metalearn.paths import family_choice
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def configured_baselines(cfg: DictConfig, tasks: TaskFamily) -> list[ClassicalBa
                         "baselines={global_mean: {}, mixed_model: {random_slopes: [Days]}}")
     if chosen and not isinstance(tasks, GroupedRegression):
         raise UserError(f"baselines ({', '.join(chosen)}) are scored on regression tasks that "
-                        f"are groups of rows; dataset={component_name(cfg.dataset)} has none: "
+                        f"are groups of rows; {family_choice(cfg)} has none: "
                         "set baselines=null (or use dataset=features_regression or movielens)")
     built = []
     for name, settings in chosen.items():

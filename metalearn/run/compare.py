@@ -25,10 +25,16 @@ from metalearn.evaluation.results import (
     scores_record,
     write_comparison,
 )
+from metalearn.evaluation.rl_results import (
+    describe_rl_comparison,
+    rl_checkpoint_entry,
+    rl_task_record,
+    write_rl_comparison,
+)
 from metalearn.evaluation.statistics import pairwise_comparisons
 from metalearn.paths import component_name
 from metalearn.run.config_check import validate
-from metalearn.run.engine import meta_test_scores, test_trainer
+from metalearn.run.engine import meta_test_scores, rl_test_returns, test_trainer
 from metalearn.run.run_dir import write_launch_record
 from metalearn.run.stored_runs import StoredRun, stored_run, tested_model
 
@@ -97,8 +103,11 @@ def compare(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
     paths, alpha = checkpoint_paths(cfg), significance_level(cfg)
     runs = [stored_run(path, cfg, overrides, "ckpt_paths", "compare.py") for path in paths]
     for run in runs:  # one set of test episodes for all, whatever each was trained with
-        run.cfg.episode.test_episodes = cfg.episode.test_episodes
         run.cfg.episode.eval_seed = cfg.episode.eval_seed
+        if "test_episodes" in run.cfg.episode:  # meta-RL's held-out tasks: episode.test_tasks
+            run.cfg.episode.test_episodes = cfg.episode.test_episodes
+    if runs[0].cfg.get("env") is not None:
+        return compare_rl(cfg, runs, alpha)
     check_same_tasks(runs)
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -123,4 +132,46 @@ def compare(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
     for line in describe_comparison(comparison):
         print(line)
     print(f"Comparison: {write_comparison(output_dir, comparison)}")
+    return comparison
+
+
+def rl_task_of(run: StoredRun) -> dict:
+    """What makes the held-out tasks and their rollouts: checkpoints compared must agree."""
+    return {key: value for key, value in rl_task_record(run.cfg).items() if key != "oracle"}
+
+
+def compare_rl(cfg: DictConfig, runs: list[StoredRun], alpha: float) -> dict:
+    """Meta-RL checkpoints on the same held-out tasks with the same rollout seeds (the first
+    checkpoint's env, episode.test_tasks and eval_seed serve all): each one's return by
+    adaptation steps, and each pair's paired difference of the return after adaptation, task
+    by task. An oracle (env.oracle=true) is compared with the others on the same tasks."""
+    first = rl_task_of(runs[0])
+    for run in runs[1:]:
+        differing = {key: value for key, value in rl_task_of(run).items()
+                     if value != first[key] and key not in ("test_tasks", "eval_seed")}
+        if differing or run.cfg.get("env") is None:
+            raise UserError(f"ckpt_paths: {run.path} was trained on other tasks than "
+                            f"{runs[0].path} ({differing or 'not on environments'}); compare "
+                            "meta-RL checkpoints of one env, horizon and rollouts per task")
+        run.cfg.episode.test_tasks = runs[0].cfg.episode.test_tasks
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_launch_record(output_dir, cfg)
+    checkpoints, scores = [], []
+    for number, run in enumerate(runs, 1):
+        validate(run.cfg)
+        datamodule, model = tested_model(run, run.cfg)
+        per_task = rl_test_returns(test_trainer(run.cfg, output_dir), model, datamodule)
+        checkpoints.append(rl_checkpoint_entry(
+            number, component_name(run.cfg.algorithm), str(Path(run.path).resolve()), per_task,
+            model.test_inner_steps))
+        scores.append(per_task[:, model.test_inner_steps])
+    pairs = [dict(pair, a=pair["a"] + 1, b=pair["b"] + 1)
+             for pair in pairwise_comparisons(scores, alpha)]
+    comparison = {"task": rl_task_record(runs[0].cfg), "alpha": alpha,
+                  "correction": "Holm over all pairs, applied to the p-values of each test",
+                  "checkpoints": checkpoints, "pairs": pairs}
+    for line in describe_rl_comparison(comparison):
+        print(line)
+    print(f"Comparison: {write_rl_comparison(output_dir, comparison)}")
     return comparison

@@ -29,7 +29,7 @@ from metalearn.errors import (
     check_whole_number,
     is_number,
 )
-from metalearn.paths import component_name
+from metalearn.paths import component_name, family_choice, family_name
 
 if TYPE_CHECKING:  # the data's classes import torch, which the value checks do without
     from metalearn.data.task_family import TaskFamily
@@ -37,15 +37,17 @@ if TYPE_CHECKING:  # the data's classes import torch, which the value checks do 
 #: the constructor arguments the builder passes, by config group
 INJECTED_ARGUMENTS = {
     "dataset": ("tokenizer",),
-    "backbone": ("input_shape", "tokenizer", "categories"),
+    "backbone": ("input_shape", "tokenizer", "categories", "observation_space", "action_space"),
     "episode": ("tasks", "training_stream"),
-    "algorithm": ("backbone", "task_type", "output_dim", "train_classes"),
+    "algorithm": ("backbone", "task_type", "output_dim", "train_classes", "envs"),
 }
+#: the meta-reinforcement-learning algorithms' configs (configs/algorithm/), which an env suggests
+RL_ALGORITHMS = ("maml_rl", "promp", "pretrained_rl", "random_rl")
 #: the text encoders' configs (configs/backbone/), which an error for texts suggests
 TEXT_ENCODERS = ("bag_of_embeddings", "text_cnn", "text_transformer", "wordllama",
                  "pretrained_text")
 #: groups whose keys are constructor arguments of their `_target_`
-BUILT_GROUPS = ("dataset", "backbone", "episode", "algorithm")
+BUILT_GROUPS = ("dataset", "env", "backbone", "episode", "algorithm")
 # keys that must be integers >= 1 wherever they are present
 POSITIVE_INTS = (
     "episode.n_way", "episode.k_shot", "episode.query_size", "episode.train_n_way",
@@ -58,17 +60,18 @@ POSITIVE_INTS = (
     "algorithm.meta_hidden_size", "algorithm.batch_size", "algorithm.finetune_epochs",
     "algorithm.finetune_batch_size", "num_epochs", "eval_frequency", "save_frequency",
     "dataset.image_size", "backbone.hidden_channels", "backbone.num_blocks", "trainer.num_nodes",
+    "episode.val_tasks", "episode.test_tasks", "algorithm.episodes_per_task", "env.horizon",
 )
 #: of those, the keys that may also be "auto" (chosen from the data: the image folder's size)
 AUTO_INTS = ("dataset.image_size",)
 # keys that must be finite numbers > 0 wherever they are set (null leaves gradient clipping off)
 POSITIVE_FLOATS = ("algorithm.outer_lr", "algorithm.inner_lr", "algorithm.cosine_scale",
                    "algorithm.finetune_lr", "algorithm.scale", "algorithm.distill_temperature",
-                   "algorithm.scheduler.gamma", "trainer.gradient_clip_val")
+                   "algorithm.scheduler.gamma", "trainer.gradient_clip_val", "algorithm.max_kl")
 #: which way a meta-val score is better, by the end of its name (val/acc, val/pair_acc, val/mse)
-BETTER = {"acc": "max", "mse": "min", "loss": "min"}
+BETTER = {"acc": "max", "mse": "min", "loss": "min", "return": "max"}
 #: the score an algorithm monitors unless told (EpisodicModule.score_name), by task type
-OWN_SCORES = {"classification": "acc", "regression": "mse"}
+OWN_SCORES = {"classification": "acc", "regression": "mse", "reinforcement": "return"}
 #: precisions that compute in float16, which a CPU has no arithmetic for (Lightning runs
 #: 16-mixed there as bf16-mixed without a word, and 16-true at a crawl)
 FLOAT16_PRECISIONS = ("16", "16-mixed", "16-true", "transformer-engine-float16")
@@ -154,9 +157,9 @@ def check_added_keys(cfg: DictConfig, keys: Iterable[str]) -> None:
     config that is built (for eval.py, the checkpoint's)."""
     for key in keys:
         path, _, name = key.rpartition(".")
-        if (path in BUILT_GROUPS or key.startswith(("hydra.", "baselines."))
+        if (path in BUILT_GROUPS or key.startswith(("hydra.", "baselines.", "env.options."))
                 or name.startswith("_")):
-            continue  # baselines are checked when built (run/classical_scores.py)
+            continue  # baselines and an env's options are checked when built
         node = OmegaConf.select(cfg, path) if path else cfg
         added = OmegaConf.select(cfg, key)
         if isinstance(added, DictConfig) and "_target_" in added:
@@ -176,7 +179,7 @@ def validate(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Type and range checks of the values, which import nothing."""
     for key in sorted(OmegaConf.missing_keys(cfg)):
-        if key.split(".")[0] in ("dataset", "backbone", "episode", "algorithm", "trainer"):
+        if key.split(".")[0] in ("dataset", "env", "backbone", "episode", "algorithm", "trainer"):
             raise UserError(f"{key} has no default and must be set, e.g. "
                             f"python train.py {key}=...")
     for key in POSITIVE_INTS:
@@ -244,22 +247,42 @@ def check_components(cfg: DictConfig) -> None:
 
 
 def declared_task_type(cfg: DictConfig) -> str | None:
-    """The task type the dataset's class declares (Sinusoid: `task_type = "regression"`),
-    known before any data is loaded; None where the data decides (a table's features)."""
-    dataset = cfg.get("dataset")
+    """The task type the dataset's (or env family's) class declares (Sinusoid:
+    `task_type = "regression"`), known before any data is loaded; None where the data decides
+    (a table's features)."""
+    check_one_task_family(cfg)
+    dataset = cfg.get("env") or cfg.get("dataset")
     if not dataset or "_target_" not in dataset:
         return None
     task_type = getattr(get_object(dataset._target_), "task_type", None)
     return task_type if isinstance(task_type, str) else None
 
 
+def check_one_task_family(cfg: DictConfig) -> None:
+    """A run learns from a dataset or from environments (env=), not both: the meta-RL
+    algorithms choose an env and no dataset, the others a dataset."""
+    if cfg.get("env") is None:
+        return
+    algorithm = component_name(cfg.algorithm)
+    if cfg.get("dataset") is not None:
+        if "reinforcement" in get_class(cfg.algorithm._target_).supported_task_types:
+            raise UserError(f"algorithm={algorithm} learns from environments "
+                            f"(env={family_name(cfg)}), and dataset={component_name(cfg.dataset)} "
+                            "is chosen too: drop dataset=")
+        raise UserError(f"env={family_name(cfg)} is a distribution of environments, which "
+                        f"algorithm={algorithm} does not learn from; use a meta-RL algorithm "
+                        f"(algorithm={' | '.join(RL_ALGORITHMS)}) or drop env=")
+
+
 def check_task_type(cfg: DictConfig, task_type: str) -> None:
     algorithm = get_class(cfg.algorithm._target_)
     if task_type not in algorithm.supported_task_types:
+        hint = (f"; for environments use algorithm={' | '.join(RL_ALGORITHMS)}"
+                if task_type == "reinforcement" else "")
         raise UserError(
             f"algorithm={component_name(cfg.algorithm)} does not support {task_type} "
-            f"(dataset={component_name(cfg.dataset)}); it supports: "
-            f"{', '.join(algorithm.supported_task_types)}"
+            f"({family_choice(cfg)}); it supports: "
+            f"{', '.join(algorithm.supported_task_types)}{hint}"
         )
 
 

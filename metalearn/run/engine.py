@@ -18,8 +18,10 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
@@ -35,6 +37,10 @@ from metalearn.run.checkpoints import AtomicCheckpointIO, RunState
 from metalearn.run.config_tree import write_config_tree
 from metalearn.run.loggers import CSVLogger, end_wandb_runs, log_config
 from metalearn.run.progress import LoggingCadence, ValidateAtEnd
+
+if TYPE_CHECKING:  # meta-RL's modules import gymnasium, which few-shot runs do without
+    from metalearn.algorithms.meta_rl import MetaRLModule
+    from metalearn.data.rl_datamodule import EnvDataModule
 
 #: the starts of Lightning's lines that are not the user's business: adverts for its cloud
 #: products, and a TPU that the machine does not have (the GPU line says where the run went)
@@ -66,6 +72,8 @@ def quiet_lightning() -> None:
             logger.addFilter(LightningNoise())
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             FutureWarning)
+    # TRPO (maml_rl, pretrained_rl) updates the weights without a torch optimiser
+    warnings.filterwarnings("ignore", r"`LightningModule.configure_optimizers` returned `None`")
 
 
 def resolve_monitor(cfg: DictConfig, model: EpisodicModule) -> None:
@@ -123,7 +131,7 @@ def stop_message(error: NonFiniteError, cfg: DictConfig, trainer: L.Trainer) -> 
              if key in ("outer_lr", "inner_lr") and value is not None]
     # targets in their own units (large ones) make a regression's loss and gradients as large
     raw_targets = (trainer.lightning_module.task_type == "regression"
-                   and cfg.dataset.get("standardize_target") is False)
+                   and (cfg.get("dataset") or {}).get("standardize_target") is False)
     standardize = (", with dataset.standardize_target=true (the targets are in their own "
                    "units)," if raw_targets else "")
     return (f"{error}. {kept}. Start a new run with smaller learning rates "
@@ -189,3 +197,17 @@ def meta_test_scores(trainer: L.Trainer, model: EpisodicModule, datamodule: Epis
                          metrics=datamodule.tasks.episode_metrics)
     trainer.test(meta_test, datamodule=datamodule, verbose=False)
     return meta_test.results, meta_test.per_episode
+
+
+def rl_test_returns(trainer: L.Trainer, model: MetaRLModule, datamodule: EnvDataModule,
+                    steps: int | None = None) -> Tensor:
+    """Each held-out test task's average return before adaptation and after each of `steps`
+    policy-gradient steps (None: the model's test_inner_steps): [tasks, steps + 1]
+    (MetaRLModule.test_step)."""
+    own_steps = model.test_inner_steps
+    model.test_inner_steps = own_steps if steps is None else steps
+    try:
+        trainer.test(model, datamodule=datamodule, verbose=False)
+    finally:
+        model.test_inner_steps = own_steps
+    return torch.cat(model.test_returns)

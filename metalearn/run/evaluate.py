@@ -25,12 +25,18 @@ from metalearn.evaluation.results import (
     scores_record,
     write_results,
 )
+from metalearn.evaluation.rl_results import (
+    describe_rl,
+    return_by_steps,
+    rl_results_record,
+    write_rl_results,
+)
 from metalearn.evaluation.statistics import paired_difference
 from metalearn.paths import component_name
 from metalearn.run.build import instantiate_dataset
 from metalearn.run.classical_scores import add_baselines, baseline_lines, configured_baselines
 from metalearn.run.config_check import check_episode_fits, validate
-from metalearn.run.engine import meta_test_scores, test_trainer
+from metalearn.run.engine import meta_test_scores, rl_test_returns, test_trainer
 from metalearn.run.run_dir import write_launch_record
 from metalearn.run.stored_runs import StoredRun, stored_run, tested_model
 
@@ -168,6 +174,8 @@ def evaluate(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
                         "Python API")
     shots, steps, transfer_seed = eval_shots(cfg), eval_inner_steps(cfg), eval_transfer_seed(cfg)
     run = stored_run(cfg.ckpt_path, cfg, overrides)
+    if run.cfg.get("env") is not None:
+        return evaluate_rl(cfg, run, shots, steps, transfer_seed)
     if steps:
         check_adapts_by_steps(run.cfg, steps)
     views = test_time_views(cfg, run.cfg)
@@ -192,3 +200,38 @@ def evaluate(cfg: DictConfig, overrides: Iterable[str] = ()) -> dict:
     for plot in write_eval_plots(output_dir, result):
         print(f"Plot: {plot}")
     return result
+
+
+def evaluate_rl(cfg: DictConfig, run: StoredRun, shots: list[int], steps: list[int],
+                transfer_seed: int | None) -> dict:
+    """eval.py on a meta-RL checkpoint: the return on the held-out tasks before adaptation and
+    after each step up to the most of eval.inner_steps (or the model's test_inner_steps), and
+    with eval.transfer_gain the gain over a randomly initialised policy adapted in the same way,
+    paired over tasks; results.json, results.md and plots/return_by_steps.png."""
+    if shots:
+        raise UserError(f"eval.shots={shots} applies to few-shot tasks; a meta-RL policy adapts "
+                        "from its own rollouts (algorithm.episodes_per_task per step)")
+    validate(run.cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_launch_record(output_dir, cfg)
+    datamodule, model = tested_model(run, run.cfg)
+    trainer = test_trainer(run.cfg, output_dir)
+    own_steps = model.test_inner_steps
+    per_task = rl_test_returns(trainer, model, datamodule, max(steps, default=own_steps))
+    shown = max(steps, default=own_steps)
+    record = rl_results_record(run.cfg, per_task, min(own_steps, shown))
+    if transfer_seed is not None:
+        _, untrained = tested_model(run, run.cfg, transfer_seed, tasks=datamodule.tasks)
+        untrained_returns = rl_test_returns(trainer, untrained, datamodule, shown)
+        tested = min(own_steps, shown)
+        paired = paired_difference(per_task[:, tested], untrained_returns[:, tested])
+        record["transfer_gain"] = {
+            "transfer_seed": transfer_seed,
+            "random_init_return_by_steps": return_by_steps(untrained_returns),
+            "gain": paired["difference"], "gain_ci95": paired["difference_ci95"],
+            "p_ttest": paired["p_ttest"], "p_wilcoxon": paired["p_wilcoxon"]}
+    record["checkpoint"] = str(Path(cfg.ckpt_path).resolve())
+    print(describe_rl(record))
+    print(f"Results: {write_rl_results(output_dir, record)}")
+    return record

@@ -172,16 +172,17 @@ def end_wandb_runs(loggers: Iterable[Logger]) -> None:
             logger.experiment.finish()
 
 
-def log_results(loggers: Iterable[Logger], record: dict, plot_paths: list[Path]) -> None:
-    """Hands the results record and the run's plots to the loggers that can show them, and ends
-    the W&B run."""
+def log_results(loggers: Iterable[Logger], record: dict, plot_paths: list[Path],
+                table: str | None = None) -> None:
+    """Hands the results record (and `table`, its results.md: None, the few-shot one) and the
+    run's plots to the loggers that can show them, and ends the W&B run."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.summary.update(record)
             for path in plot_paths:
                 logger.log_image(f"plots/{path.stem}", [str(path)])
         elif isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_text("results", results_table(record))
+            logger.experiment.add_text("results", table or results_table(record))
             for path in plot_paths:
                 logger.experiment.add_image(f"plots/{path.stem}", imread(path), dataformats="HWC")
             logger.experiment.flush()

@@ -102,8 +102,8 @@ def stored_run(path: str, cfg: DictConfig, overrides: Iterable[str], setting: st
                 f"(trained with {key}={OmegaConf.select(run_cfg, key, default=None)}); evaluation "
                 f"can change episode.*, dataset.*, trainer.* and {', '.join(TEST_TIME_KEYS)}")
         OmegaConf.update(run_cfg, key, OmegaConf.select(resolved_eval, key), merge=False)
-    # the shape of meta-training tasks plays no part in testing
-    run_cfg.episode.train_n_way = run_cfg.episode.train_query_size = None
+    if "train_n_way" in run_cfg.episode:  # the shape of meta-training tasks plays no part in testing
+        run_cfg.episode.train_n_way = run_cfg.episode.train_query_size = None
     run = StoredRun(path, checkpoint, run_cfg, changed)
     if "dataset" in changed:  # another dataset: its images at the size the model was trained on
         fit_input_shape(run_cfg.dataset, run.input_shape, changed)

@@ -29,13 +29,20 @@ from metalearn.errors import UserError
 from metalearn.evaluation.classical import ClassicalBaseline
 from metalearn.evaluation.plots import write_learning_curves
 from metalearn.evaluation.results import describe, results_record, title, write_results
+from metalearn.evaluation.rl_results import (
+    describe_rl,
+    rl_results_record,
+    rl_results_table,
+    rl_title,
+    write_rl_results,
+)
 from metalearn.files import write_text
-from metalearn.paths import component_name
+from metalearn.paths import component_name, family_name
 from metalearn.run.build import instantiate_run
 from metalearn.run.checkpoints import CONFIG_KEY, RUN_STATE_KEY, load_checkpoint
 from metalearn.run.classical_scores import add_baselines, baseline_lines, configured_baselines
 from metalearn.run.config_check import validate
-from metalearn.run.engine import fitting, meta_test_scores
+from metalearn.run.engine import fitting, meta_test_scores, rl_test_returns
 from metalearn.run.loggers import errors_in_log_files, log_results, route_lightning_logs
 from metalearn.run.run_dir import (
     DATA_RECORD,
@@ -110,18 +117,22 @@ def source_record(path: Path) -> dict[str, str | bool]:
     return record
 
 
-def data_record(dataset: DictConfig, tasks: TaskFamily) -> dict:
-    """The dataset's config name and target, the files and folders its keys name, and the
-    class (or group) names of each split (null where tasks are drawn from a distribution)."""
+def data_record(dataset: DictConfig, tasks: TaskFamily, name: str | None = None) -> dict:
+    """The task family's name (`name`; None: the dataset's config name) and target, the files
+    and folders its keys name, and the class (or group) names of each split (null where tasks
+    are drawn from a distribution: the sinusoid, environments)."""
     sources = {key: source_record(Path(str(dataset[key])).expanduser())
                for key in SOURCE_KEYS if dataset.get(key)}
-    return {"dataset": component_name(dataset), "target": dataset._target_, "sources": sources,
-            "splits": tasks.split_record()}
+    return {"dataset": name or component_name(dataset), "target": dataset._target_,
+            "sources": sources, "splits": tasks.split_record()}
 
 
-def write_data_record(run_dir: Path, dataset: DictConfig, tasks: TaskFamily) -> None:
-    """Writes `data_record` into run_dir/data_split.json, whole."""
-    write_text(run_dir / DATA_RECORD, json.dumps(data_record(dataset, tasks), indent=1) + "\n")
+def write_data_record(run_dir: Path, cfg: DictConfig, tasks: TaskFamily) -> None:
+    """Writes the `data_record` of the run's dataset (or env) into run_dir/data_split.json,
+    whole."""
+    node = cfg.env if cfg.get("env") is not None else cfg.dataset
+    record = data_record(node, tasks, family_name(cfg))
+    write_text(run_dir / DATA_RECORD, json.dumps(record, indent=1) + "\n")
 
 
 def train(cfg: DictConfig) -> dict:
@@ -159,7 +170,7 @@ def checked_train(cfg: DictConfig) -> dict:
             clear(output_dir, earlier_run=replacing)
             check_writable(output_dir / "checkpoints")
             write_launch_record(output_dir, cfg)
-            write_data_record(output_dir, cfg.dataset, datamodule.tasks)
+            write_data_record(output_dir, cfg, datamodule.tasks)
         with fitting(cfg, model, datamodule, ckpt_path, run_state, started) as trainer:
             return meta_test(cfg, trainer, model, datamodule, started, baselines)
 
@@ -169,6 +180,28 @@ def meta_test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
               baselines: list[ClassicalBaseline] = ()) -> dict:
     """Tests the best (or last) weights of a trained run, and the classical `baselines` on the
     same episodes, and writes its results."""
+    test_ckpt = tested_weights(cfg, trainer, model)
+    if cfg.get("env") is not None:
+        return meta_test_rl(cfg, trainer, model, datamodule, started, test_ckpt)
+    results, per_episode = meta_test_scores(trainer, model, datamodule)
+
+    record = results_record(cfg, results)
+    add_baselines(record, list(baselines), datamodule, per_episode)
+    add_run_facts(cfg, trainer, record, started, test_ckpt)
+    output_dir = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:  # under DDP every process gets here with the same record
+        results_path = write_results(output_dir, record)
+        print(describe(record))
+        for line in baseline_lines(record):
+            print(line)
+        print(f"Results: {results_path}")
+        log_results(trainer.loggers, record, [write_learning_curves(output_dir, trainer, title(record))])
+    return record
+
+
+def tested_weights(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule) -> str | None:
+    """Loads the best checkpoint's weights into `model` where the run tests them
+    (test_ckpt=best) and returns its path; None: the final weights are tested."""
     test_ckpt = None
     if cfg.test_ckpt == "best" and trainer.checkpoint_callback is not None:
         test_ckpt = trainer.checkpoint_callback.best_model_path or None
@@ -176,10 +209,13 @@ def meta_test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
         log.info("Testing the final weights")
     else:
         model.load_state_dict(load_checkpoint(test_ckpt)["state_dict"])
-    results, per_episode = meta_test_scores(trainer, model, datamodule)
+    return test_ckpt
 
-    record = results_record(cfg, results)
-    add_baselines(record, list(baselines), datamodule, per_episode)
+
+def add_run_facts(cfg: DictConfig, trainer: L.Trainer, record: dict, started: float,
+                  test_ckpt: str | None) -> None:
+    """The run's best meta-val score, seed, tested checkpoint, steps and wall time, into the
+    results record."""
     best_score = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_score
     if best_score is not None:
         # the best meta-val score of the run: what hyperparameter searches optimise
@@ -191,13 +227,25 @@ def meta_test(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
         train_steps=trainer.global_step,
         wall_time_s=round(time.time() - started, 1),
     )
-    if trainer.is_global_zero:  # under DDP every process gets here with the same record
-        results_path = write_results(output_dir, record)
-        print(describe(record))
-        for line in baseline_lines(record):
-            print(line)
+
+
+def meta_test_rl(cfg: DictConfig, trainer: L.Trainer, model: L.LightningModule,
+                 datamodule: L.LightningDataModule, started: float,
+                 test_ckpt: str | None) -> dict:
+    """The meta-test of meta-reinforcement learning: the return on the held-out tasks before
+    and after each adaptation step up to algorithm.test_inner_steps, written with the run's
+    facts (results.json, results.md, the plot of return by steps and the learning curves)."""
+    per_task = rl_test_returns(trainer, model, datamodule)
+    record = rl_results_record(cfg, per_task, model.test_inner_steps)
+    add_run_facts(cfg, trainer, record, started, test_ckpt)
+    output_dir = Path(cfg.paths.output_dir)
+    if trainer.is_global_zero:
+        results_path = write_rl_results(output_dir, record)
+        print(describe_rl(record))
         print(f"Results: {results_path}")
-        log_results(trainer.loggers, record, [write_learning_curves(output_dir, trainer, title(record))])
+        plots = [write_learning_curves(output_dir, trainer, rl_title(record)),
+                 output_dir / "plots" / "return_by_steps.png"]
+        log_results(trainer.loggers, record, plots, rl_results_table(record))
     return record
 
 
