@@ -49,9 +49,9 @@ class MAMLRL(MetaRLModule):
                  gae_lambda: float = 1.0, episodes_per_task: int = 20,
                  first_order: bool = False, max_kl: float = 0.01, damping: float = 1e-5,
                  cg_iterations: int = 10, backtrack_ratio: float = 0.8,
-                 max_backtracks: int = 15):
+                 max_backtracks: int = 15, later_inner_lr: float | None = 0.05):
         super().__init__(backbone, envs, inner_lr, inner_steps, test_inner_steps, gamma,
-                         gae_lambda, episodes_per_task, first_order)
+                         gae_lambda, episodes_per_task, first_order, later_inner_lr)
         self.max_kl = check_positive_number("algorithm.max_kl", max_kl)
         if not (is_number(damping) and damping >= 0):
             raise UserError(f"algorithm.damping={damping!r} must be a number >= 0")
@@ -68,9 +68,10 @@ class MAMLRL(MetaRLModule):
         """The current weights adapted on the pre-adaptation trajectories (all but the last),
         differentiably in the weights."""
         params = self.task_params(samples.trajectories[0].mask.shape[0])
-        for batch, advantages in zip(samples.trajectories[:-1], samples.advantages[:-1]):
+        for step, (batch, advantages) in enumerate(zip(samples.trajectories[:-1],
+                                                       samples.advantages[:-1])):
             params = self.adapt(params, batch, create_graph=not self.first_order,
-                                advantages=advantages)
+                                advantages=advantages, step=step)
         return params
 
     def surrogate(self, samples: Samples) -> Tensor:

@@ -91,6 +91,8 @@ class MetaRLModule(L.LightningModule):
         episodes_per_task: episodes rolled out per task for each adaptation step and for the
             post-adaptation evaluation (MAML: 20).
         first_order: the meta-gradient leaves out the second derivatives of the inner step.
+        later_inner_lr: step size of the adaptation steps after the first (MAML's test-time
+            protocol halves it: 0.05 after a first step of 0.1); None: inner_lr for every step.
     """
 
     task_type = "reinforcement"
@@ -101,11 +103,13 @@ class MetaRLModule(L.LightningModule):
     def __init__(self, backbone: nn.Module, envs: EnvFamily, inner_lr: float = 0.1,
                  inner_steps: int = 1, test_inner_steps: int = 3, gamma: float = 0.99,
                  gae_lambda: float = 1.0, episodes_per_task: int = 20,
-                 first_order: bool = False):
+                 first_order: bool = False, later_inner_lr: float | None = 0.05):
         super().__init__()
         self.automatic_optimization = False
         self.policy, self.envs = backbone, envs
         self.inner_lr = check_positive_number("algorithm.inner_lr", inner_lr)
+        self.later_inner_lr = (inner_lr if later_inner_lr is None else
+                               check_positive_number("algorithm.later_inner_lr", later_inner_lr))
         self.inner_steps = check_whole_number("algorithm.inner_steps", inner_steps, minimum=0)
         self.test_inner_steps = check_whole_number("algorithm.test_inner_steps",
                                                    test_inner_steps, minimum=0)
@@ -167,8 +171,8 @@ class MetaRLModule(L.LightningModule):
         return normalized(advantages, trajectories.mask)
 
     def inner_step(self, params: TaskParams, loss: Callable[[TaskParams], Tensor],
-                   create_graph: bool) -> TaskParams:
-        """One gradient step of size inner_lr on each task's loss (`loss(params)` -> [B]).
+                   create_graph: bool, lr: float) -> TaskParams:
+        """One gradient step of size `lr` on each task's loss (`loss(params)` -> [B]).
         create_graph keeps the step differentiable (second order); otherwise the gradient is a
         constant, and the step passes the meta-gradient through unchanged (first order).
         Weights that carry no graph (test time), or all weights when called under
@@ -179,19 +183,20 @@ class MetaRLModule(L.LightningModule):
                       else value.detach().requires_grad_() for name, value in params.items()}
             gradients = torch.autograd.grad(loss(params).sum(), list(params.values()),
                                             create_graph=create_graph and meta_gradient)
-        return {name: value - self.inner_lr * gradient
+        return {name: value - lr * gradient
                 for (name, value), gradient in zip(params.items(), gradients)}
 
     def adapt(self, params: TaskParams, trajectories: Trajectories, create_graph: bool,
-              advantages: Tensor | None = None) -> TaskParams:
-        """One vanilla policy-gradient step per task on its trajectories (MAML's inner loop);
-        `advantages` where already computed (`advantages(trajectories)`)."""
+              advantages: Tensor | None = None, step: int = 0) -> TaskParams:
+        """One vanilla policy-gradient step per task on its trajectories (MAML's inner loop),
+        adaptation step number `step` (0: the first, of size inner_lr; later ones
+        later_inner_lr); `advantages` where already computed (`advantages(trajectories)`)."""
         if advantages is None:
             advantages = self.advantages(trajectories)
         return self.inner_step(
             params, lambda params: policy_gradient_loss(self.log_probs(params, trajectories),
                                                         advantages, trajectories.mask),
-            create_graph)
+            create_graph, self.inner_lr if step == 0 else self.later_inner_lr)
 
     def adaptation_rollouts(self, tasks: list, seed: int, steps: int,
                ) -> tuple[list[Trajectories], list[TaskParams]]:
@@ -204,7 +209,8 @@ class MetaRLModule(L.LightningModule):
             trajectories.append(self.rollout(params, tasks, rollout_seed(seed, step)))
             sampled_with.append(params)
             if step < steps:
-                params = detached(self.adapt(params, trajectories[-1], create_graph=False))
+                params = detached(self.adapt(params, trajectories[-1], create_graph=False,
+                                             step=step))
         return trajectories, sampled_with
 
     def samples(self, tasks: list, seed: int) -> Samples:

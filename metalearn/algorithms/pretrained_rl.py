@@ -21,7 +21,7 @@ class PretrainedPolicy(MAMLRL):
                  test_inner_steps: int = 3, gamma: float = 0.99, gae_lambda: float = 1.0,
                  episodes_per_task: int = 20, max_kl: float = 0.01, damping: float = 1e-5,
                  cg_iterations: int = 10, backtrack_ratio: float = 0.8,
-                 max_backtracks: int = 15):
+                 max_backtracks: int = 15, later_inner_lr: float | None = 0.05):
         super().__init__(backbone, envs, inner_lr, 0, test_inner_steps, gamma, gae_lambda,
                          episodes_per_task, False, max_kl, damping, cg_iterations,
-                         backtrack_ratio, max_backtracks)
+                         backtrack_ratio, max_backtracks, later_inner_lr)

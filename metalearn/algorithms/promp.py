@@ -91,9 +91,9 @@ class ProMP(MetaRLModule):
                  optimizer: Callable[..., torch.optim.Optimizer] | None = None,
                  outer_lr: float = 1e-3, ppo_epochs: int = 5, clip_eps: float = 0.3,
                  init_inner_kl_penalty: float = 5e-4, adaptive_inner_kl_penalty: bool = False,
-                 target_inner_kl: float = 0.01):
+                 target_inner_kl: float = 0.01, later_inner_lr: float | None = 0.05):
         super().__init__(backbone, envs, inner_lr, inner_steps, test_inner_steps, gamma,
-                         gae_lambda, episodes_per_task)
+                         gae_lambda, episodes_per_task, later_inner_lr=later_inner_lr)
         check_whole_number("algorithm.inner_steps", inner_steps)  # ProMP adapts in training
         self.ppo_epochs = check_whole_number("algorithm.ppo_epochs", ppo_epochs)
         self.outer_lr = check_positive_number("algorithm.outer_lr", outer_lr)
@@ -126,7 +126,8 @@ class ProMP(MetaRLModule):
             batch = samples.trajectories[step]
             divergence = self.kl(samples.sampled_with[step], params, batch.observations)
             inner_kls.append(masked_mean(divergence, batch.mask).mean())
-            params = self.inner_step(params, self.lvc(samples, step), create_graph=True)
+            params = self.inner_step(params, self.lvc(samples, step), create_graph=True,
+                                     lr=self.inner_lr if step == 0 else self.later_inner_lr)
         batch = samples.trajectories[-1]
         outer = clipped_loss(self.log_probs(params, batch), samples.log_probs[-1],
                              samples.advantages[-1], batch.mask, self.clip_eps).mean()

@@ -16,9 +16,9 @@ class RandomPolicy(MetaRLModule):
 
     def __init__(self, backbone: nn.Module, envs: EnvFamily, inner_lr: float = 0.1,
                  test_inner_steps: int = 3, gamma: float = 0.99, gae_lambda: float = 1.0,
-                 episodes_per_task: int = 20):
+                 episodes_per_task: int = 20, later_inner_lr: float | None = 0.05):
         super().__init__(backbone, envs, inner_lr, 0, test_inner_steps, gamma, gae_lambda,
-                         episodes_per_task)
+                         episodes_per_task, later_inner_lr=later_inner_lr)
         self.save_hyperparameters(ignore=["backbone", "envs"])
 
     def meta_update(self, tasks: list, seed: int) -> dict[str, float]:
