@@ -34,6 +34,8 @@ def score(record: dict) -> str:
                 f"(presentations 1, 2, 3, 5, 10: {by_presentation})")
     if "test_acc" in record:
         return f"{100 * record['test_acc']:.2f}% +- {100 * record['test_acc_ci95']:.2f}%"
+    if "test_return" in record:  # meta-RL: return after adaptation, 95% CI over tasks
+        return f"return {record['test_return']:.2f} +- {record['test_return_ci95']:.2f}"
     return f"MSE {record['test_mse']:.3f} +- {record['test_mse_ci95']:.3f}"
 
 
@@ -56,7 +58,8 @@ def main() -> None:
             started = time.time()
             record = train(cfg)
             elapsed = time.time() - started
-        lines.append(f"| {name} | {score(record)} | {record['test_episodes']} | "
+        lines.append(f"| {name} | {score(record)} | "
+                     f"{record.get('test_episodes', record.get('test_tasks'))} | "
                      f"{record['train_steps']} | {elapsed:.0f} s |")
         print(lines[-1], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,7 @@ def run_job(env: str, method: str, minutes: float, work: Path) -> dict:
                *extra, f"episode.test_tasks={TEST_TASKS}", "callbacks=cpu_time_limit",
                f"callbacks.cpu_time_limit.minutes={minutes}", "num_epochs=100000",
                "episode.num_tasks=200", "eval_frequency=5", "test_ckpt=best",
-               "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+               f"hydra.run.dir={run_dir}"]
     started = time.time()
     done = subprocess.run(command, env=environment, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:

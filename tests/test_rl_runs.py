@@ -5,8 +5,10 @@ and learning on 2D navigation against the return measured for its budget."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -102,6 +104,20 @@ def test_eval_and_compare_score_checkpoints_on_the_same_tasks_and_rollouts(tiny_
     assert pair["difference"] == pytest.approx(first["test_return"] - second["test_return"])
     assert (tmp_path / "compare" / "comparison.md").read_text().startswith(
         "# Comparison on the same held-out tasks: navigation2d")
+
+
+def test_a_seed_sweep_summarises_the_return_over_seeds(tmp_path):
+    done = subprocess.run([sys.executable, "train.py", "-m", *TINY, "seed=1,2",
+                           f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "summary.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    returns = [json.loads((tmp_path / str(job) / "results.json").read_text())["test_return"]
+               for job in (0, 1)]
+    assert [float(row["test_return"]) for row in rows] == returns
+    by_seed = (tmp_path / "summary.md").read_text()
+    assert f"{sum(returns) / 2:.4f}" in by_seed  # the mean over the two seeds
 
 
 def refusal(overrides: list[str], tmp_path) -> str:

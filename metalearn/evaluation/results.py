@@ -83,8 +83,8 @@ def scores_record(scores: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def score_name(record: Mapping) -> str:
-    """The record's score: "acc" (classification) or "mse" (regression)."""
-    return "acc" if "test_acc" in record else "mse"
+    """The record's score: "acc" (classification), "return" (meta-RL) or "mse" (regression)."""
+    return "acc" if "test_acc" in record else "return" if "test_return" in record else "mse"
 
 
 def unit_name(score: str) -> str:

@@ -49,14 +49,15 @@ from metalearn.paths import component_name
 from metalearn.run.compose import hydra_choices, override_keys, unknown_choice
 from metalearn.run.run_dir import ERROR_FILE, LAUNCH_RECORD, holds_a_run, write_launch_record
 
-# The results.json scores a summary reports, for classification and for regression runs.
+# The results.json scores a summary reports, for classification, regression and meta-RL runs.
 SCORE_KEYS = ("test_acc", "test_acc_ci95", "best_val_acc",
-              "test_mse", "test_mse_ci95", "best_val_mse")
+              "test_mse", "test_mse_ci95", "best_val_mse",
+              "test_return", "test_return_ci95", "best_val_return")
 FAILED = "failed (no results.json)"
 
 
 #: the score of each task type, as results.json names it (test_acc, best_val_mse, ...)
-SCORES = {"classification": "acc", "regression": "mse"}
+SCORES = {"classification": "acc", "regression": "mse", "reinforcement": "return"}
 
 
 def modified(path: Path) -> float | None:
@@ -170,7 +171,8 @@ def seed_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 SEED_COLUMNS = ("configuration", "seeds", "failed", "test_acc", "test_acc_seed_ci95",
-                "test_acc_episode_ci95", "test_mse", "test_mse_seed_ci95", "test_mse_episode_ci95")
+                "test_acc_episode_ci95", "test_mse", "test_mse_seed_ci95", "test_mse_episode_ci95",
+                "test_return", "test_return_seed_ci95", "test_return_episode_ci95")
 
 
 def aggregate_seeds(source: str | os.PathLike | Iterable[Mapping[str, Any]]) -> list[dict]:
@@ -328,7 +330,7 @@ def dataset_task_types(dataset: DictConfig) -> list[str]:
     """The task types a dataset config can give: its family's, or both where its target is a
     function that decides when it reads the data (a feature table)."""
     task_type = getattr(get_object(dataset._target_), "task_type", None)
-    return [task_type] if task_type in SCORES else list(SCORES)
+    return [task_type] if task_type in SCORES else ["classification", "regression"]
 
 
 def better_direction(key: str) -> str:
