@@ -89,6 +89,9 @@ def test_eval_and_compare_score_checkpoints_on_the_same_tasks_and_rollouts(tiny_
     overrides = [f"ckpt_path={checkpoint}", "eval.inner_steps=[0,1,2,3]"]
     evaluated = evaluate(make_config(overrides, tmp_path / "eval", "eval"), overrides)
     assert list(evaluated["return_by_steps"]) == ["0", "1", "2", "3"]
+    overrides = [f"ckpt_path={checkpoint}", "episode.test_tasks=4"]
+    more = evaluate(make_config(overrides, tmp_path / "more", "eval"), overrides)
+    assert len(more["per_task_returns"]) == more["test_tasks"] == 4
     tested = record["tested_checkpoint"]
     if tested and tested.endswith("last.ckpt"):  # the same weights: the same returns
         assert [row[:3] for row in evaluated["per_task_returns"]] == record["per_task_returns"]

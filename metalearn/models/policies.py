@@ -2,7 +2,8 @@
 distribution (`backbone=policy_mlp`).
 
 `GaussianMLPPolicy` (continuous actions) is the MAML paper's (Finn et al. 2017, section 5.3; rllab's
-MAMLGaussianMLPPolicy): tanh hidden layers (two of 100), a linear mean, and one log standard
+MAMLGaussianMLPPolicy): two hidden layers of 100 (tanh, rllab's default nonlinearity; MAML's
+released scripts passed ReLU), a linear mean, and one log standard
 deviation per action dimension that no observation changes, learned from log(init_std) (1.0 in
 the paper) and floored at a standard deviation of 1e-6 (rllab's min_std). `CategoricalMLPPolicy`
 (discrete actions) has the same trunk and a softmax over its outputs. Weights start Glorot-uniform

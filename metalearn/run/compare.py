@@ -142,7 +142,7 @@ def rl_task_of(run: StoredRun) -> dict:
 
 def compare_rl(cfg: DictConfig, runs: list[StoredRun], alpha: float) -> dict:
     """Meta-RL checkpoints on the same held-out tasks with the same rollout seeds (the first
-    checkpoint's env, episode.test_tasks and eval_seed serve all): each one's return by
+    checkpoint's env and episode.test_tasks, compare.py's episode.eval_seed, serve all): each one's return by
     adaptation steps, and each pair's paired difference of the return after adaptation, task
     by task. An oracle (env.oracle=true) is compared with the others on the same tasks."""
     first = rl_task_of(runs[0])
