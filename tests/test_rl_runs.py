@@ -89,7 +89,7 @@ def test_eval_and_compare_score_checkpoints_on_the_same_tasks_and_rollouts(tiny_
     overrides = [f"ckpt_path={checkpoint}", "eval.inner_steps=[0,1,2,3]"]
     evaluated = evaluate(make_config(overrides, tmp_path / "eval", "eval"), overrides)
     assert list(evaluated["return_by_steps"]) == ["0", "1", "2", "3"]
-    overrides = [f"ckpt_path={checkpoint}", "episode.test_tasks=4"]
+    overrides = [f"ckpt_path={checkpoint}", "+episode.test_tasks=4"]  # not a few-shot key
     more = evaluate(make_config(overrides, tmp_path / "more", "eval"), overrides)
     assert len(more["per_task_returns"]) == more["test_tasks"] == 4
     tested = record["tested_checkpoint"]

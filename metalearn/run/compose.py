@@ -45,7 +45,7 @@ MOVED_KEYS = {"algorithm.meta_batch_size": "episode.meta_batch_size"}
 CHECKPOINT_APPS = ("eval", "compare")
 #: the groups whose choice the checkpoint makes: on those entry points' command lines, a key of
 #: theirs may be one the app's own default (protonet on Omniglot) lacks
-CHECKPOINT_GROUPS = ("algorithm", "backbone", "dataset", "env", "episode")
+CHECKPOINT_GROUPS = ("algorithm", "backbone", "dataset", "env")
 
 
 def moved_key_overrides(overrides: Iterable[str]) -> list[str]:
