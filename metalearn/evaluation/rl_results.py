@@ -20,7 +20,6 @@ from metalearn.evaluation.results import (
     PLUS_MINUS,
     count_text,
     finite,
-    gain_text,
     json_text,
     markdown_table,
     p_value_text,
@@ -128,7 +127,8 @@ def rl_results_table(record: Mapping) -> str:
              f"the {record['test_tasks']} tasks (eval_seed {record['eval_seed']} fixes the tasks "
              "and the rollout seeds).", "",
              f"Gain of {record['test_inner_steps']} adaptation steps (paired over tasks): "
-             f"{gain_text('mse', gain['difference'], gain['difference_ci95'], PLUS_MINUS)}, "
+             f"{'+' if gain['difference'] >= 0 else '-'}"
+             f"{return_text(abs(gain['difference']), gain['difference_ci95'], PLUS_MINUS)}, "
              f"p = {p_value_text(gain['p_ttest'])} (t-test), "
              f"{p_value_text(gain['p_wilcoxon'])} (Wilcoxon)."]
     return "\n".join(lines) + "\n"
